@@ -1,0 +1,5 @@
+import sys
+
+from reflectune.cli import main
+
+sys.exit(main())

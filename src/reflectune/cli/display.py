@@ -1,0 +1,60 @@
+"""Rich renderings shared by commands: the live recycle display and the final summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+
+def _eta(done: int, total: int | None, elapsed: float) -> str:
+    if not total or done == 0 or done >= total:
+        return "-"
+    seconds = elapsed / done * (total - done)
+    return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+
+
+def progress_table(progress: Any, stats: Any, elapsed: float) -> Table:
+    """One compact line of live figures: rows, rate, tokens/s, cost, failures, ETA."""
+    elapsed = max(elapsed, 1e-6)
+    total = progress.total
+    tokens = stats.prompt_tokens + stats.completion_tokens
+    table = Table(show_header=True, header_style="bold", box=None)
+    for column in ("rows", "rows/s", "tokens/s", "calls", "cached", "in flight", "retries",
+                   "failed", "cost", "ETA"):
+        table.add_column(column, justify="right")
+    pct = f" ({100 * progress.done / total:.0f}%)" if total else ""
+    table.add_row(f"{progress.done:,}/{total:,}{pct}" if total else f"{progress.done:,}",
+                  f"{progress.done / elapsed:.1f}", f"{tokens / elapsed:,.0f}", f"{stats.sent:,}",
+                  f"{stats.cached:,}", f"{stats.in_flight}", f"{stats.retries}", f"{stats.failed}",
+                  f"${stats.cost:.4f}" if stats.cost_known else "n/a",
+                  _eta(progress.done, total, elapsed))
+    return table
+
+
+def summary_table(summary: Any) -> Table:
+    table = Table(title="recycle summary", show_header=True, header_style="bold")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row("rows written", f"{summary.rows:,}")
+    for name in ("QA", "Q", "A", "ori"):
+        if summary.chosen.get(name):
+            table.add_row(f"  kept {name}", f"{summary.chosen[name]:,}")
+    if summary.passthrough:
+        table.add_row("  multi-turn kept unchanged", f"{summary.passthrough:,}")
+    if summary.rejected:
+        table.add_row("rejected rows", f"{summary.rejected:,}")
+    for key, count in summary.variant_status.items():
+        variant, status = key.split(":")
+        if variant != "ori":
+            table.add_row(f"variant {variant} {status}", f"{count:,}")
+    stats = summary.stats
+    table.add_row("oracle calls made", f"{stats['sent']:,}")
+    table.add_row("answered from store", f"{stats['cached']:,}")
+    table.add_row("failed calls", f"{stats['failed']:,}")
+    table.add_row("retries", f"{stats['retries']:,}")
+    table.add_row("tokens in / out", f"{stats['prompt_tokens']:,} / {stats['completion_tokens']:,}")
+    cost = stats.get("cost_usd")
+    table.add_row("cost", "unknown (no price for this model)" if cost is None else f"${cost:.4f}")
+    table.add_row("wall time", f"{summary.elapsed_s:.1f} s")
+    return table

@@ -1,0 +1,171 @@
+"""The call executor: every oracle call of every stage goes through ``Engine.call``.
+
+Why one function: resume, limits, retries, cost and failure accounting are then uniform for
+recycle, generate and judge. There are no batch barriers: each call is its own task under a
+semaphore, so one slow request never holds another up. The order of a call's life:
+
+1. key = sha256(stage, template version, oracle fingerprint, request);
+2. a finished call in the store is returned as is (resume);
+3. stop checks (cost cap, failure rate), then the semaphore and the RPM/TPM buckets;
+4. send, retrying 429/5xx/timeouts/resets with exponential backoff, full jitter and
+   ``Retry-After``; never retrying 4xx or context errors;
+5. the outcome, success or failure, is committed to the store before the caller sees it.
+
+Once a stop is triggered, calls already in flight finish and are stored; new ones raise
+``RunStopped``. Rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from reflectune.config import EngineConfig
+from reflectune.engine.limits import RateLimiter
+from reflectune.errors import OracleError, RateLimited, RunStopped
+from reflectune.oracles.base import Oracle
+from reflectune.pricing import cost_usd
+from reflectune.store import CallRecord, Store, canonical_json, content_key
+from reflectune.types import ChatRequest
+
+DEFAULT_CONCURRENCY = 64
+
+
+@dataclass
+class EngineStats:
+    """Live counters; the CLI reads them for its progress display."""
+
+    started: float = field(default_factory=time.monotonic)
+    sent: int = 0               # calls completed over the wire in this process
+    cached: int = 0             # calls answered from the store
+    failed: int = 0             # calls that ended failed in this process
+    retries: int = 0
+    in_flight: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    cost_known: bool = True
+    failures_by_kind: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: v for k, v in self.__dict__.items() if k != "started"} | {
+            "elapsed_s": round(time.monotonic() - self.started, 3)}
+
+
+class Engine:
+    """Runs oracle calls under limits, with retries, caching every outcome in ``store``.
+
+    Example::
+
+        async with Engine(oracle, store, EngineConfig(concurrency=256, rpm=3000)) as engine:
+            record = await engine.call("response", request, version="response@1")
+    """
+
+    def __init__(self, oracle: Oracle, store: Store, config: EngineConfig | None = None, *,
+                 prices: tuple[float, float] | None = (0.0, 0.0),
+                 sleep: Callable[[float], object] = asyncio.sleep) -> None:
+        self.oracle = oracle
+        self.store = store
+        self.config = config or EngineConfig()
+        self.prices = prices
+        self.stats = EngineStats(cost_known=prices is not None)
+        concurrency = self.config.concurrency or getattr(oracle, "preferred_concurrency",
+                                                         DEFAULT_CONCURRENCY)
+        self.concurrency = concurrency
+        self._slots = asyncio.Semaphore(concurrency)
+        self._limiter = RateLimiter(self.config.rpm, self.config.tpm)
+        self._recent: deque[bool] = deque(maxlen=self.config.failure_window)
+        self._fingerprint = oracle.fingerprint()
+        self._sleep = sleep
+        self.stop_reason: str | None = None
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.oracle.aclose()
+
+    def key_for(self, stage: str, request: ChatRequest, version: str) -> str:
+        return content_key(stage, version, self._fingerprint, request.to_json())
+
+    async def call(self, stage: str, request: ChatRequest, *, version: str = "",
+                   sample_id: str = "") -> CallRecord:
+        """Answer ``request`` from the store or the oracle; failures come back as records."""
+        key = self.key_for(stage, request, version)
+        cached = self.store.get_call(key)
+        if cached is not None and (cached.ok or not self.config.retry_failed):
+            self.stats.cached += 1
+            return cached
+        self._check_stop()
+        async with self._slots:
+            self._check_stop()
+            self.stats.in_flight += 1
+            try:
+                record = await self._send(key, stage, request, sample_id)
+            finally:
+                self.stats.in_flight -= 1
+        self.store.put_call(record, canonical_json(request.to_json()))
+        self._account(record)
+        return record
+
+    def _check_stop(self) -> None:
+        if self.stop_reason is None and self.config.max_cost is not None \
+                and self.stats.cost >= self.config.max_cost:
+            self.stop_reason = (f"cost cap reached (${self.stats.cost:.4f} >= ${self.config.max_cost:.4f}); "
+                                "rerun with a higher --max-cost to resume")
+        if self.stop_reason is not None:
+            raise RunStopped(self.stop_reason)
+
+    def _estimate_tokens(self, request: ChatRequest) -> int:
+        chars = sum(len(m.content) for m in request.messages)
+        return chars // 4 + (request.max_tokens or 512)
+
+    async def _send(self, key: str, stage: str, request: ChatRequest, sample_id: str) -> CallRecord:
+        attempts = 0
+        while True:
+            attempts += 1
+            await self._limiter.acquire(self._estimate_tokens(request))
+            try:
+                [completion] = await self.oracle.complete([request])
+            except OracleError as exc:
+                if not exc.retryable or attempts >= self.config.max_attempts:
+                    reason = str(exc) if exc.retryable is False else \
+                        f"{exc} (gave up after {attempts} attempts)"
+                    return CallRecord(key, stage, "failed", None, None, 0, 0, 0.0, attempts,
+                                      exc.kind, reason, (), sample_id)
+                self.stats.retries += 1
+                await self._sleep(self._backoff(attempts, exc))
+                continue
+            return CallRecord(key, stage, "ok", completion.content, completion.finish_reason,
+                              completion.prompt_tokens, completion.completion_tokens,
+                              completion.latency_s, attempts, None, None, completion.forced, sample_id)
+
+    def _backoff(self, attempt: int, exc: OracleError) -> float:
+        if isinstance(exc, RateLimited) and exc.retry_after is not None:
+            return min(exc.retry_after, self.config.backoff_max) + random.uniform(0, 0.1)
+        ceiling = min(self.config.backoff_max, self.config.backoff_base * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)  # jitter spreads synchronised retries
+
+    def _account(self, record: CallRecord) -> None:
+        stats = self.stats
+        stats.prompt_tokens += record.prompt_tokens
+        stats.completion_tokens += record.completion_tokens
+        stats.cost += cost_usd(self.prices, record.prompt_tokens, record.completion_tokens)
+        if record.ok:
+            stats.sent += 1
+        else:
+            stats.failed += 1
+            kind = record.error_kind or "error"
+            stats.failures_by_kind[kind] = stats.failures_by_kind.get(kind, 0) + 1
+        self._recent.append(not record.ok)
+        window = self._recent
+        if (self.stop_reason is None and len(window) >= window.maxlen
+                and sum(window) / len(window) > self.config.max_failure_rate):
+            self.stop_reason = (
+                f"{sum(window)} of the last {len(window)} calls failed (more than "
+                f"{self.config.max_failure_rate:.0%}; last: {record.error}); "
+                "fix the cause and rerun to resume")
