@@ -167,7 +167,11 @@ class Reflector:
             jobs.append(self._instruction_chain(sample))
         if "response" in phases:
             jobs.append(self._response(sample))
-        results = await asyncio.gather(*jobs)
+        # Both chains run to the end even if one raises: their calls are paid for and get stored.
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        for outcome in results:
+            if isinstance(outcome, BaseException):
+                raise outcome
         if "instruction" in phases:
             q, qa = results[0]
         else:
@@ -220,7 +224,8 @@ async def run_samples(reflector: Reflector, samples: Iterator[Sample], *,
             on_result(result)
     except BaseException:
         # Let calls already on the wire finish and be stored: that work is paid for.
-        tasks = [t for _, t in pending if t is not None and not t.done()]
+        # Gathering also retrieves exceptions of tasks that already failed, so none is printed.
+        tasks = [t for _, t in pending if t is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         raise

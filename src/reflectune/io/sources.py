@@ -1,0 +1,147 @@
+"""Row sources for the tabular formats: CSV, Parquet and ``datasets.save_to_disk`` folders.
+
+Every source turns a file into a stream of ``RawRow``: a 1-based row number and the parsed record, or
+the reason the row could not be parsed plus its raw text. A source raises ``DataError`` itself only
+when it cannot go on (a broken Parquet footer, a CSV parser error); a bad row it can step over is
+yielded, so the reader alone decides between raising and rejecting. Sources hold at most one batch
+(about 1,000 rows) in memory. pyarrow and datasets are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reflectune.errors import ConfigError, DataError
+
+BATCH_ROWS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class RawRow:
+    """One row as a source read it: ``value`` when parsed, else ``error`` and the raw ``text``."""
+
+    row: int
+    value: Any = None
+    error: str | None = None
+    text: str | None = None
+    field: str | None = None
+
+
+def bad_bytes_at(text: str) -> int | None:
+    """Where the first byte that was not UTF-8 sits in ``text``, or None.
+
+    Files are decoded with "surrogateescape", so such bytes show up as lone surrogates; raw text never
+    holds any otherwise (a JSON "\\udc80" escape is six ASCII characters). So one encode, in C, tells
+    whether a row had invalid UTF-8 without failing the whole stream.
+    """
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start
+    return None
+
+
+def readable(text: str) -> str:
+    """Raw text for a rejects file: undecodable bytes become ``\\xNN`` instead of failing."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def iter_csv(path: Path) -> Iterator[RawRow]:
+    """Rows of a CSV file with a header line; every value is a string."""
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # a 1 MB field is valid data
+    with open(path, "rb") as f:
+        lines = (line.decode("utf-8", "surrogateescape") for line in f)
+        reader = csv.reader(_strip_bom(lines))
+        try:
+            header = next((r for r in reader if r), None)
+            if header is None:
+                return
+            for column in header:
+                if header.count(column) > 1:
+                    raise DataError(f"column {column!r} appears twice in the header", path=str(path),
+                                    field=column)
+            row = 0
+            for values in reader:
+                if not values:
+                    continue
+                row += 1
+                text = ",".join(values)
+                bad = next((c for c, v in zip(header, values, strict=False) if bad_bytes_at(v) is not None),
+                           None)
+                if bad is not None:
+                    yield RawRow(row, error="invalid UTF-8", text=readable(text), field=bad)
+                elif len(values) != len(header):
+                    yield RawRow(row, error=f"has {len(values)} values, the header has {len(header)}",
+                                 text=text)
+                else:
+                    yield RawRow(row, dict(zip(header, values, strict=True)))
+        except csv.Error as e:
+            raise DataError(f"CSV parse error at line {reader.line_num}: {e}", path=str(path)) from None
+
+
+def _strip_bom(lines: Iterator[str]) -> Iterator[str]:
+    first = next(lines, None)
+    if first is None:
+        return
+    yield first.removeprefix("\ufeff")
+    yield from lines
+
+
+def iter_parquet(path: Path) -> Iterator[RawRow]:
+    """Rows of a Parquet file, read one batch at a time through ``iter_batches``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"not a readable Parquet file: {e}", path=str(path)) from None
+    row = 0
+    try:
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS):
+            for record in batch.to_pylist():
+                row += 1
+                yield RawRow(row, record)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"Parquet read failed: {e}", path=str(path), row=row + 1) from None
+
+
+def import_datasets() -> Any:
+    """``datasets`` is an optional extra, needed only for ``save_to_disk`` folders."""
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError("datasets folders need the datasets package: "
+                          "pip install 'reflectune[datasets]'") from None
+    return datasets
+
+
+def iter_hf_disk(path: Path) -> Iterator[RawRow]:
+    """Rows of a ``datasets.save_to_disk`` folder (memory-mapped, read in batches).
+
+    A ``DatasetDict`` folder is accepted when it has one split or a ``train`` split.
+    """
+    datasets = import_datasets()
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # datasets raises many types for a broken folder
+        raise DataError(f"not a readable datasets folder: {e}", path=str(path)) from None
+    if isinstance(ds, datasets.DatasetDict):
+        splits = list(ds)
+        if len(splits) != 1 and "train" not in splits:
+            raise DataError(f"holds splits {', '.join(splits)}; point at one split's folder",
+                            path=str(path))
+        ds = ds[splits[0] if len(splits) == 1 else "train"]
+    row = 0
+    for batch in ds.iter(batch_size=BATCH_ROWS):
+        columns = list(batch)
+        for values in zip(*(batch[c] for c in columns), strict=True):
+            row += 1
+            yield RawRow(row, dict(zip(columns, values, strict=True)))
+

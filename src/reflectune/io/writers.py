@@ -1,0 +1,194 @@
+"""``DatasetWriter``: recycled rows out, in the input's own shape, all or nothing.
+
+Nothing is written in place. Rows go to ``<path>.tmp`` beside the target and the temp file is renamed
+over the target only when the writer closes without an exception, so a killed run never leaves half a
+file where a good one was. JSON and JSON lines stream straight to the temp file; the columnar formats
+spool first (see ``tabular``). Output is a pure function of the rows written: keys keep the order
+they are given in, nothing carries a timestamp, so identical input gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from reflectune.errors import ConfigError
+from reflectune.io import tabular
+from reflectune.io.fields import resolve_fields
+from reflectune.io.formats import check_format, output_format
+from reflectune.io.shapes import to_record
+from reflectune.io.sources import import_datasets
+from reflectune.types import Sample
+
+
+class DatasetWriter:
+    """Write rows to ``path`` atomically, as json, jsonl, parquet, csv or a ``datasets`` folder.
+
+    Args:
+        path: the output file, or folder for ``hf_disk``.
+        fmt: one of ``detect_format``'s names; ``None`` infers it from the extension (none: a folder).
+        fields: the same mapping the input was read with, so the output keeps the input's names.
+
+    Example:
+        >>> with DatasetWriter("out.json") as out:
+        ...     for s in read_samples("data.json"):
+        ...         out.write(s, s.instruction, s.input, better(s), {"reflect_status": "ok"})
+    """
+
+    def __init__(self, path: str | os.PathLike[str], fmt: str | None = None, *,
+                 fields: Mapping[str, str] | None = None) -> None:
+        self.path = Path(path)
+        self.fmt = check_format(fmt) if fmt is not None else output_format(path)
+        self.fields = resolve_fields(fields)
+        self.count = 0
+        self.tmp = Path(f"{self.path}.tmp")
+        self._file: IO[bytes] | None = None
+        self._spool: tabular.Spool | None = None
+        if self.fmt != "hf_disk" and self.path.is_dir():
+            raise ConfigError(f"{self.path} is a directory; a {self.fmt} output must be a file")
+        if self.fmt == "hf_disk" and self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"{self.path} is a file; a datasets folder output must be a folder")
+
+    def __enter__(self) -> DatasetWriter:
+        self.open()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def open(self) -> None:
+        """Create the temp file; ``__enter__`` calls this."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.fmt in ("json", "jsonl"):
+            self._file = open(self.tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
+        else:
+            self._spool = tabular.Spool(Path(f"{self.path}.tmp.spool"))
+
+    def write(self, sample: Sample, instruction: str, input: str, output: str,
+              columns: Mapping[str, Any] | None = None) -> None:
+        """Write ``sample`` back with new texts in its own shape, ``columns`` appended.
+
+        A passthrough sample is written as its untouched ``raw`` record (plus ``columns``, if any).
+        """
+        self.write_record(to_record(sample, instruction, input, output, columns or {}, self.fields))
+
+    def write_record(self, record: Mapping[str, Any]) -> None:
+        """Write one raw dict as one row."""
+        record = dict(record)
+        line = dumps_line(record)
+        if self._spool is not None:
+            self._spool.add(record, line)
+        elif self._file is not None:
+            if self.fmt == "json":
+                self._file.write(b",\n" if self.count else b"[\n")
+                line = line[:-1]
+            self._file.write(line)
+        else:
+            raise ConfigError("DatasetWriter is not open; use it in a with block")
+        self.count += 1
+
+    def close(self) -> None:
+        """Finish the temp file and rename it over the target."""
+        try:
+            if self._file is not None:
+                if self.fmt == "json":
+                    self._file.write(b"\n]\n" if self.count else b"[]\n")
+                self._file.close()
+                self._file = None
+                os.replace(self.tmp, self.path)
+            elif self._spool is not None:
+                self._finish_spool(self._spool)
+                self._spool = None
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Drop everything written; the target is left as it was."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._spool is not None:
+            self._spool.finish()
+            self._spool = None
+        for leftover in (self.tmp, Path(f"{self.path}.tmp.spool"), Path(f"{self.path}.tmp.arrow")):
+            _remove(leftover)
+
+    def _finish_spool(self, spool: tabular.Spool) -> None:
+        digest = spool.finish()
+        if self.fmt == "csv":
+            tabular.write_csv(spool, self.tmp)
+        elif self.fmt == "parquet":
+            tabular.write_parquet(spool, self.tmp)
+        else:
+            self._save_to_disk(spool, digest)
+        _remove(spool.path)
+        if self.fmt != "hf_disk":
+            os.replace(self.tmp, self.path)
+            return
+        old = Path(f"{self.path}.old")
+        _remove(old)
+        if self.path.exists():
+            os.replace(self.path, old)
+        os.replace(self.tmp, self.path)
+        _remove(old)
+
+    def _save_to_disk(self, spool: tabular.Spool, digest: str) -> None:
+        datasets = import_datasets()
+        from datasets.table import MemoryMappedTable
+
+        arrow = Path(f"{self.path}.tmp.arrow")
+        tabular.write_arrow_stream(spool, arrow)
+        _remove(self.tmp)
+        bars = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()
+        try:  # a fingerprint from the content keeps state.json byte-identical across runs
+            datasets.Dataset(MemoryMappedTable.from_file(str(arrow)), fingerprint=digest[:16]) \
+                .save_to_disk(str(self.tmp))
+        finally:
+            if bars:
+                datasets.enable_progress_bars()
+            _remove(arrow)
+
+
+def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> int:
+    """Write ``rows`` as JSON lines to ``path`` via a temp file and a rename; returns the row count."""
+    with DatasetWriter(path, "jsonl") as out:
+        for row in rows:
+            out.write_record(row)
+    return out.count
+
+
+def dumps_line(record: Mapping[str, Any]) -> bytes:
+    """One JSON line, UTF-8; lone surrogates, which UTF-8 cannot hold, are written as escapes."""
+    text = json.dumps(record, ensure_ascii=False, default=_json_default)
+    try:
+        return (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(record, default=_json_default) + "\n").encode("ascii")
+
+
+def _json_default(value: Any) -> Any:
+    """Parquet and datasets give bytes, dates and decimals that JSON has no type for."""
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode("ascii")
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
