@@ -10,9 +10,9 @@ rerun, answered from the store, writes byte-identical outputs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,7 +151,8 @@ async def arecycle(input: str | os.PathLike[str], output: str | os.PathLike[str]
                 return base_manifest | {
                     "status": status, "done": progress.done, "passthrough": progress.passthrough,
                     "rejected": rejects.count if rejects else invalid,
-                    "chosen": dict(progress.chosen), "variant_status": dict(sorted(progress.variant_status.items())),
+                    "chosen": dict(progress.chosen),
+                    "variant_status": dict(sorted(progress.variant_status.items())),
                     "engine": engine.stats.as_dict(), "calls_in_store": run.store.call_totals(),
                     "cost_usd": round(engine.stats.cost, 6) if prices is not None else None,
                     "elapsed_s": round(time.monotonic() - started, 3)}
@@ -187,10 +188,9 @@ async def arecycle(input: str | os.PathLike[str], output: str | os.PathLike[str]
             except BaseException as exc:
                 ticker.cancel()
                 status = "stopped" if isinstance(exc, ReflectuneError) else "interrupted"
-                try:
+                # the original error says more than a failed manifest write would
+                with contextlib.suppress(ReflectuneError):
                     run.update_manifest("recycle", manifest(status) | {"stop_reason": str(exc)})
-                except ReflectuneError:
-                    pass  # the original error says more than a failed manifest write
                 raise
             finally:
                 if rejects is not None:

@@ -8,6 +8,7 @@ environment variable only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -37,10 +38,8 @@ def versions() -> dict[str, str]:
 
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for dist in ("reflectune", "aiohttp", "torch", "transformers", "trl", "peft"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
