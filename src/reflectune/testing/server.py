@@ -1,0 +1,512 @@
+"""A loopback OpenAI-compatible chat server with deterministic answers and injectable faults.
+
+reflectune talks to oracles only over HTTP, so its tests, demo and benchmarks need a real server on
+127.0.0.1: mocks at the client layer would skip the connection pool, timeouts and retry paths that
+break in production. This server answers from :mod:`reflectune.testing.responder` (a pure function of
+the messages, so reruns give identical bytes) and can misbehave on purpose: HTTP errors, dropped
+connections, hangs, truncated JSON, empty or cut-off answers, slow bodies and its own rate limit.
+
+Faults are decided per request by an RNG seeded with (seed, messages hash, attempt number), and only
+for the first ``fault_attempts`` attempts of a given request, so a retrying client always gets through
+and a test can check that every row is accounted for. ``GET /stats`` counts what was served;
+``by_key`` proves that no usable answer was fetched twice.
+
+It runs in its own process (:func:`running_server`) so that its CPU is not billed to the client being
+measured. Handlers are kept light (stdlib json, an LRU of answers, no access log) to sustain thousands
+of requests per second on one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from reflectune.prompts.markers import END
+from reflectune.testing.responder import CREATED, apply_limits, completion_body, messages_key, respond
+
+__all__ = [
+    "FAULT_MODES",
+    "MIX_MODES",
+    "ServerHandle",
+    "ServerOptions",
+    "build_handler",
+    "main",
+    "running_server",
+]
+
+#: Every fault mode ``--faults`` accepts.
+FAULT_MODES = (
+    "429", "429_noretry", "500", "502", "503", "timeout", "reset", "malformed",
+    "empty", "length", "trickle", "400", "401", "mix",
+)  # fmt: skip
+#: What ``mix`` draws from: the transient faults a retrying client must survive. ``timeout`` is left
+#: out so a mix never stalls a suite for a whole client timeout; name it explicitly to get it.
+MIX_MODES = ("429", "429_noretry", "500", "502", "503", "reset", "malformed", "trickle")
+_HANG_S = 3600.0
+_TRICKLE_S = 0.5
+_CACHE_SIZE = 8192
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Server behaviour; each field is also a CLI flag (``fault_attempts``: ``--fault-attempts``)."""
+
+    latency: float = 0.0  # seconds added to every chat call
+    jitter: float = 0.0  # extra uniform [0, jitter) seconds
+    faults: str = ""  # "MODE[:RATE],..." e.g. "429:0.2,reset:0.1"
+    fault_attempts: int = 1  # faults may fire only on the first K attempts of a request
+    seed: int = 0
+    rpm: int = 0  # server-enforced requests per minute; 0 = unlimited
+    require_key: str | None = None  # demand "Authorization: Bearer KEY"
+    bad_format_ratio: float = 0.0
+    judge_malformed_ratio: float = 0.0
+    judge_alt_ratio: float = 0.2
+    model: str = "reflectune-test"
+
+
+def parse_faults(spec: str | None) -> tuple[tuple[str, float], ...]:
+    """Parse ``"MODE[:RATE],..."`` into ``((mode, rate), ...)``; raise ValueError on unknown modes."""
+    out: list[tuple[str, float]] = []
+    for item in (spec or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        mode, _, rate = item.partition(":")
+        if mode not in FAULT_MODES:
+            raise ValueError(f"unknown fault mode {mode!r}; known: {', '.join(FAULT_MODES)}")
+        value = float(rate) if rate else 1.0
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"fault rate must be in [0, 1], got {value}")
+        out.append((mode, value))
+    return tuple(out)
+
+
+def _coerce(changes: dict[str, Any]) -> dict[str, Any]:
+    """Check option names and cast values to the field types (``require_key`` may stay None)."""
+    defaults = asdict(ServerOptions())
+    unknown = sorted(set(changes) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown options {unknown}; known: {sorted(defaults)}")
+    out = {}
+    for name, value in changes.items():
+        kind = type(defaults[name]) if defaults[name] is not None else str
+        out[name] = None if value is None and name == "require_key" else kind(value)
+    parse_faults(out.get("faults"))
+    return out
+
+
+class _State:
+    """Options plus counters of one server; reset by ``POST /reset``."""
+
+    def __init__(self, options: ServerOptions) -> None:
+        self.in_flight = 0
+        self.configure(options)
+
+    def configure(self, options: ServerOptions) -> None:
+        self.options = options
+        self.cache: OrderedDict[tuple[str, str, str, str, str | None], bytes] = OrderedDict()
+        self.faults = parse_faults(options.faults)
+        self.jitter_rng = random.Random(options.seed)
+        self.requests = 0
+        self.completed = 0
+        self.by_key: dict[str, int] = {}
+        self.fault_counts: dict[str, int] = {}
+        self.max_in_flight = self.in_flight
+        self.attempts: dict[str, int] = {}
+        self.window: deque[float] = deque()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "completed": self.completed,
+            "by_key": dict(self.by_key),
+            "faults": dict(self.fault_counts),
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "options": asdict(self.options),
+        }
+
+    def count_fault(self, mode: str) -> None:
+        self.fault_counts[mode] = self.fault_counts.get(mode, 0) + 1
+
+    def pick_fault(self, key: str, attempt: int) -> str | None:
+        """The fault for this attempt of this request, or None."""
+        if not self.faults or attempt >= self.options.fault_attempts:
+            return None
+        rng = random.Random(f"{self.options.seed}:{key}:{attempt}")
+        draw, edge = rng.random(), 0.0
+        for mode, rate in self.faults:
+            edge += rate
+            if draw < edge:
+                return rng.choice(MIX_MODES) if mode == "mix" else mode
+        return None
+
+    def rpm_wait(self) -> int:
+        """0 if this request fits the rpm budget (and record it), else seconds until it would."""
+        if self.options.rpm <= 0:
+            return 0
+        now = time.monotonic()
+        while self.window and now - self.window[0] >= 60.0:
+            self.window.popleft()
+        if len(self.window) >= self.options.rpm:
+            return max(1, math.ceil(60.0 - (now - self.window[0])))
+        self.window.append(now)
+        return 0
+
+    def payload(
+        self, key: str, messages: list[dict[str, Any]], body: dict[str, Any], fault: str | None
+    ) -> bytes:
+        """The response body bytes, from a small LRU (the options are fixed between resets)."""
+        o = self.options
+        model = body.get("model") if isinstance(body.get("model"), str) else o.model
+        ck = (key, model, repr(body.get("stop")), repr(body.get("max_tokens")), fault)
+        hit = self.cache.get(ck)
+        if hit is not None:
+            self.cache.move_to_end(ck)
+            return hit
+        content = respond(
+            messages,
+            bad_format_ratio=o.bad_format_ratio,
+            judge_malformed_ratio=o.judge_malformed_ratio,
+            judge_alt_ratio=o.judge_alt_ratio,
+            key=key,
+        )
+        content, finish = apply_limits(content, body)
+        if fault == "empty":
+            content = ""
+        elif fault == "length":  # cut inside the last section, so the final [End] is missing
+            cut = content.rfind(END)
+            content, finish = content[: cut - 8 if cut > 8 else len(content) // 2], "length"
+        prompt_chars = sum(len(m["content"]) for m in messages if isinstance(m.get("content"), str))
+        out = self.cache[ck] = completion_body(key, model, content, finish, prompt_chars)
+        if len(self.cache) > _CACHE_SIZE:
+            self.cache.popitem(last=False)
+        return out
+
+
+def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> web.Response:
+    body = {"error": {"message": message, "type": kind, "param": None, "code": str(status)}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+async def _send(request: web.BaseRequest, payload: bytes, trickle: bool = False) -> web.StreamResponse:
+    """Write the whole response now, so the caller knows it went out before counting it."""
+    if not trickle:
+        resp = web.Response(body=payload, content_type="application/json")
+        await resp.prepare(request)
+        await resp.write_eof()  # headers and body leave in one send
+        return resp
+    stream = web.StreamResponse(headers={"Content-Type": "application/json"})
+    stream.content_length = len(payload)
+    await stream.prepare(request)
+    every = max(1, len(payload) // 50)  # one byte per write, a 10 ms pause every `every` bytes
+    for i in range(len(payload) - 1):
+        await stream.write(payload[i : i + 1])
+        if i % every == every - 1:
+            await asyncio.sleep(_TRICKLE_S / 50)
+    await stream.write_eof(payload[-1:])  # no pause after the last byte: the client may hang up at once
+    return stream
+
+
+def _reset_connection(request: web.BaseRequest) -> None:
+    """Drop the TCP connection with an RST (SO_LINGER 0), so the client sees a reset, not a clean close."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+async def _chat(request: web.BaseRequest, st: _State) -> web.StreamResponse:
+    st.requests += 1
+    st.in_flight += 1
+    st.max_in_flight = max(st.max_in_flight, st.in_flight)
+    try:
+        return await _chat_inner(request, st)
+    finally:
+        st.in_flight -= 1
+
+
+async def _chat_inner(request: web.BaseRequest, st: _State) -> web.StreamResponse:
+    o = st.options
+    # 1. gatekeeping: key, then the server's own rate limit
+    if o.require_key is not None and request.headers.get("Authorization") != f"Bearer {o.require_key}":
+        st.count_fault("auth")
+        return _error(401, "Incorrect API key provided.", "invalid_request_error")
+    wait = st.rpm_wait()
+    if wait:
+        st.count_fault("rpm")
+        return _error(429, "Rate limit reached (rpm).", "rate_limit_exceeded", {"Retry-After": str(wait)})
+    # 2. parse the request
+    try:
+        body = json.loads(await request.read())
+        messages = body["messages"]
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise TypeError("messages must be a list of objects")
+    except (ValueError, KeyError, TypeError) as exc:
+        return _error(400, f"Invalid request: {exc}", "invalid_request_error")
+    key = messages_key(messages)
+    attempt = st.attempts.get(key, 0)
+    st.attempts[key] = attempt + 1
+    fault = st.pick_fault(key, attempt)
+    # 3. latency, then the fault if one fired
+    delay = o.latency + (st.jitter_rng.uniform(0.0, o.jitter) if o.jitter > 0 else 0.0)
+    if delay > 0:
+        await asyncio.sleep(delay)
+    if fault is not None:
+        st.count_fault(fault)
+        early = await _early_fault(request, fault)
+        if early is not None:
+            return early
+    # 4. the answer
+    payload = st.payload(key, messages, body, fault)
+    if fault == "malformed":
+        return web.Response(body=payload[: len(payload) // 2], content_type="application/json")
+    resp = await _send(request, payload, trickle=fault == "trickle")
+    st.completed += 1
+    if fault not in ("empty", "length"):
+        short = key[:16]
+        st.by_key[short] = st.by_key.get(short, 0) + 1
+    return resp
+
+
+_STATUS_FAULTS = {  # mode -> (status, error type, headers)
+    "429": (429, "rate_limit_exceeded", {"Retry-After": "1"}),
+    "429_noretry": (429, "rate_limit_exceeded", None),
+    "500": (500, "server_error", None),
+    "502": (502, "server_error", None),
+    "503": (503, "server_error", None),
+    "400": (400, "invalid_request_error", None),
+    "401": (401, "invalid_request_error", None),
+}
+
+
+async def _early_fault(request: web.BaseRequest, fault: str) -> web.StreamResponse | None:
+    """Answer a fault that replaces the response entirely; None for faults that alter the body."""
+    if fault in _STATUS_FAULTS:
+        status, kind, headers = _STATUS_FAULTS[fault]
+        return _error(status, f"Injected fault {fault}.", kind, headers)
+    if fault == "reset":
+        _reset_connection(request)  # connection_lost then cancels the sleep below
+    if fault in ("timeout", "reset"):
+        await asyncio.sleep(_HANG_S)  # cancelled when the client leaves (handler_cancellation)
+        return _error(504, "Injected hang elapsed.", "server_error")
+    return None
+
+
+async def _models(request: web.BaseRequest, st: _State) -> web.Response:
+    model = st.options.model
+    return web.json_response(
+        {
+            "object": "list",
+            "data": [{"id": model, "object": "model", "created": CREATED, "owned_by": "reflectune"}],
+        }
+    )
+
+
+async def _stats(request: web.BaseRequest, st: _State) -> web.Response:
+    return web.json_response(st.stats())
+
+
+async def _reset(request: web.BaseRequest, st: _State) -> web.Response:
+    raw = await request.read()
+    try:
+        changes = json.loads(raw) if raw.strip() else {}
+        if not isinstance(changes, dict):
+            raise TypeError("body must be a JSON object")
+        options = replace(st.options, **_coerce(changes))
+    except (ValueError, TypeError) as exc:
+        return _error(400, str(exc), "invalid_request_error")
+    st.configure(options)
+    return web.json_response(st.stats())
+
+
+_ROUTES = {
+    ("POST", "/v1/chat/completions"): _chat,
+    ("GET", "/v1/models"): _models,
+    ("GET", "/stats"): _stats,
+    ("POST", "/reset"): _reset,
+}
+
+
+def build_handler(
+    options: ServerOptions | None = None,
+) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+    """The request handler for ``aiohttp.web.Server``: a dict lookup instead of a router, for speed."""
+    st = _State(options or ServerOptions())
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        route = _ROUTES.get((request.method, request.path))
+        if route is None:
+            return _error(404, f"No route for {request.method} {request.path}.", "invalid_request_error")
+        return await route(request, st)
+
+    return handle
+
+
+async def _serve(options: ServerOptions, host: str, port: int) -> None:
+    server = web.Server(build_handler(options), access_log=None, handler_cancellation=True)
+    runner = web.ServerRunner(server, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=4096)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"PORT {runner.addresses[0][1]}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+_HELP = {
+    "latency": "seconds added to every chat call",
+    "jitter": "extra uniform [0, J) seconds",
+    "faults": f"MODE[:RATE],... with MODE in {', '.join(FAULT_MODES)}",
+    "fault_attempts": "faults fire only on the first K attempts of a request",
+    "rpm": "server-enforced requests per minute (0: none)",
+    "require_key": "answer 401 unless 'Authorization: Bearer KEY'",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m reflectune.testing.server", description="Loopback OpenAI-compatible test server."
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port; printed as 'PORT <n>'")
+    for name, default in asdict(ServerOptions()).items():
+        kind = type(default) if default is not None else str
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=_HELP.get(name))
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point: print ``PORT <n>`` once listening, serve until SIGTERM/SIGINT."""
+    parser = _parser()
+    args = vars(parser.parse_args(argv))
+    host, port = args.pop("host"), args.pop("port")
+    try:
+        parse_faults(args["faults"])
+    except ValueError as exc:
+        parser.error(str(exc))
+    asyncio.run(_serve(ServerOptions(**args), host, port))
+
+
+class ServerHandle:
+    """A server running in a subprocess; see :func:`running_server`."""
+
+    def __init__(self, process: subprocess.Popen[str], host: str, port: int) -> None:
+        self.process, self.host, self.port = process, host, port
+        self.url = f"http://{host}:{port}"
+        self.base_url = f"{self.url}/v1"
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                result: dict[str, Any] = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            raise ValueError(f"{exc.code}: {json.loads(exc.read())['error']['message']}") from exc
+        return result
+
+    def stats(self) -> dict[str, Any]:
+        """``GET /stats``."""
+        return self._call("GET", "/stats")
+
+    def reset(self, **options: Any) -> dict[str, Any]:
+        """Zero the counters and change any :class:`ServerOptions` field; returns the fresh stats."""
+        return self._call("POST", "/reset", options)
+
+    def stop(self) -> None:
+        """Terminate the subprocess (SIGTERM, then SIGKILL after 5 s)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def _read_port(process: subprocess.Popen[str], timeout: float) -> int:
+    """Wait for the ``PORT <n>`` line; a thread keeps the wait bounded on every platform."""
+    box: list[str] = []
+    stream = process.stdout
+    assert stream is not None
+    reader = threading.Thread(target=lambda: box.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    line = box[0].strip() if box else ""
+    if not line.startswith("PORT "):
+        raise RuntimeError(f"test server did not start within {timeout}s (got {line!r}, rc={process.poll()})")
+    return int(line.split()[1])
+
+
+@contextlib.contextmanager
+def running_server(
+    *, host: str = "127.0.0.1", startup_timeout: float = 20.0, **options: Any
+) -> Iterator[ServerHandle]:
+    """Run the server in a subprocess for the duration of a ``with`` block.
+
+    Args:
+        host: interface to bind (loopback by default).
+        startup_timeout: seconds to wait for the ``PORT`` line.
+        **options: any :class:`ServerOptions` field, e.g. ``latency=0.1, faults="429:0.5"``.
+
+    Example:
+        >>> with running_server(latency=0.01) as srv:  # doctest: +SKIP
+        ...     client = OpenAI(base_url=srv.base_url)
+    """
+    _coerce(options)
+    cmd = [sys.executable, "-m", "reflectune.testing.server", "--host", host, "--port", "0"]
+    for name, value in options.items():
+        if value is not None:
+            cmd += [f"--{name.replace('_', '-')}", str(value)]
+    src = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    handle: ServerHandle | None = None
+    try:
+        handle = ServerHandle(process, host, _read_port(process, startup_timeout))
+        yield handle
+    finally:
+        if handle is not None:
+            handle.stop()
+        elif process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+if __name__ == "__main__":
+    main()
