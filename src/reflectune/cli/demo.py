@@ -1,0 +1,83 @@
+"""``reflectune demo``: the main job, offline, on the bundled 20-row Alpaca sample.
+
+It is the README's first quickstart command: no API key, no network, the embedded SmolLM2 model
+as the oracle, with token budgets small enough for a laptop CPU. It prints the summary, the run
+folder and a before/after pair, so a new user sees what reflection does in a few minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib import resources
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from reflectune.cli.display import progress_table, summary_table
+from reflectune.config import EngineConfig, OracleConfig, RecycleConfig, SamplingConfig
+
+DEMO_FILE = "demo_alpaca20.json"
+
+
+def demo_data_path() -> Path:
+    return Path(str(resources.files("reflectune") / "data" / DEMO_FILE))
+
+
+def _clip(text: str | None, limit: int = 400) -> str:
+    text = (text or "").strip()
+    return text if len(text) <= limit else text[:limit].rstrip() + " …"
+
+
+def before_after(line: dict) -> Table:
+    variants = line["variants"]
+    chosen = variants[line["status"]]
+    ori = variants["ori"]
+    table = Table(show_header=True, header_style="bold", expand=True)
+    table.add_column("original", ratio=1)
+    table.add_column(f"recycled ({line['status']})", ratio=1)
+    before_instruction = ori["instruction"] + (f"\n\nInput: {ori['input']}" if ori.get("input") else "")
+    table.add_row(_clip(before_instruction), _clip(chosen["instruction"]))
+    table.add_row(_clip(ori["output"]), _clip(chosen["output"]))
+    return table
+
+
+def demo_command(
+    rows: int = typer.Option(20, help="How many of the 20 bundled rows to recycle."),
+    oracle: str = typer.Option("embedded", help="Oracle spec (default: the embedded SmolLM2-135M)."),
+    run_dir: Path = typer.Option(Path("runs/demo"), help="Run folder (rerunning resumes)."),
+    max_tokens: int = typer.Option(320, help="Completion budget per call."),
+    critique_tokens: int = typer.Option(48, help="Critique budget before the forced markers."),
+    batch_size: int = typer.Option(8, help="Requests per batch on the local model."),
+) -> None:
+    """Recycle the bundled Alpaca sample with the embedded model: offline, no API key."""
+    from reflectune.recycle_run import recycle
+
+    console = Console(stderr=True)
+    config = RecycleConfig(
+        oracle=OracleConfig(spec=oracle, batch_size=batch_size),
+        sampling=SamplingConfig(max_tokens=max_tokens, critique_tokens=critique_tokens),
+        engine=EngineConfig(max_failure_rate=1.0),
+        limit=rows)
+    console.print(f"[bold]reflectune demo[/]: recycling {rows} Alpaca rows with [bold]{oracle}[/] "
+                  "(offline; the first run converts the embedded model once, about 30 s)")
+    started = time.monotonic()
+    with Live(console=console, refresh_per_second=2, transient=True) as live:
+        summary = recycle(demo_data_path(), config=config, run_dir=run_dir,
+                          on_tick=lambda p, s: live.update(progress_table(p, s, time.monotonic() - started)))
+    console.print(summary_table(summary))
+    lines = [json.loads(x) for x in summary.variants.read_text(encoding="utf-8").splitlines()]
+    shown = [x for x in lines if x["status"] != "ori"][:1] or lines[:1]
+    for line in shown:
+        console.print(Panel(before_after(line), title=f"before / after (row {line['row']})"))
+    console.print(f"output:   {summary.output}\nvariants: {summary.variants}\nrun:      {summary.run_dir}")
+    console.print("A 135M model makes a weak oracle: point --oracle at a strong one for real data, "
+                  "e.g. `reflectune recycle data.json --oracle openai:gpt-4o-mini`.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo_command)
