@@ -117,6 +117,8 @@ class Store:
             self._db.execute("PRAGMA synchronous=NORMAL")  # durable against process kills
             self._db.execute("PRAGMA busy_timeout=5000")
             self._migrate()
+            # One harmless write now: a read-only store must fail here, before anything is paid for.
+            self._db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
         except sqlite3.Error as exc:
             raise _storage_error(self.path, exc) from None
         except OSError as exc:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from reflectune.config import EngineConfig
 from reflectune.engine.limits import RateLimiter
-from reflectune.errors import OracleError, RateLimited, RunStopped
+from reflectune.errors import OracleError, RateLimited, RunStopped, StoreError
 from reflectune.oracles.base import Oracle
 from reflectune.pricing import cost_usd
 from reflectune.store import CallRecord, Store, canonical_json, content_key
@@ -82,6 +82,7 @@ class Engine:
         self._fingerprint = oracle.fingerprint()
         self._sleep = sleep
         self.stop_reason: str | None = None
+        self._store_error: StoreError | None = None
 
     async def __aenter__(self) -> Engine:
         return self
@@ -108,11 +109,18 @@ class Engine:
                 record = await self._send(key, stage, request, sample_id)
             finally:
                 self.stats.in_flight -= 1
-        self.store.put_call(record, canonical_json(request.to_json()))
+        try:
+            self.store.put_call(record, canonical_json(request.to_json()))
+        except StoreError as exc:
+            # Sticky: an answer that cannot be stored is money lost, so no new call may start.
+            self._store_error = exc
+            raise
         self._account(record)
         return record
 
     def _check_stop(self) -> None:
+        if self._store_error is not None:
+            raise self._store_error
         if self.stop_reason is None and self.config.max_cost is not None \
                 and self.stats.cost >= self.config.max_cost:
             self.stop_reason = (f"cost cap reached (${self.stats.cost:.4f} >= ${self.config.max_cost:.4f}); "

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from reflectune.errors import ConfigError
+from reflectune.errors import ConfigError, StoreError
 from reflectune.io import tabular
 from reflectune.io.fields import resolve_fields
 from reflectune.io.formats import check_format, output_format
@@ -68,11 +68,18 @@ class DatasetWriter:
 
     def open(self) -> None:
         """Create the temp file; ``__enter__`` calls this."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.fmt in ("json", "jsonl"):
-            self._file = open(self.tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
-        else:
-            self._spool = tabular.Spool(Path(f"{self.path}.tmp.spool"))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.fmt in ("json", "jsonl"):
+                self._file = open(self.tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
+            else:
+                self._spool = tabular.Spool(Path(f"{self.path}.tmp.spool"))
+        except OSError as exc:
+            raise self._os_error(exc) from None
+
+    def _os_error(self, exc: OSError) -> StoreError:
+        return StoreError(f"{self.path}: cannot write the output ({exc.strerror or exc}); "
+                          "finished work is kept in the run's store, fix the cause and rerun")
 
     def write(self, sample: Sample, instruction: str, input: str, output: str,
               columns: Mapping[str, Any] | None = None) -> None:
@@ -84,7 +91,12 @@ class DatasetWriter:
 
     def write_record(self, record: Mapping[str, Any]) -> None:
         """Write one raw dict as one row."""
-        record = dict(record)
+        try:
+            self._write_record(dict(record))
+        except OSError as exc:
+            raise self._os_error(exc) from None
+
+    def _write_record(self, record: dict[str, Any]) -> None:
         line = dumps_line(record)
         if self._spool is not None:
             self._spool.add(record, line)
@@ -109,6 +121,9 @@ class DatasetWriter:
             elif self._spool is not None:
                 self._finish_spool(self._spool)
                 self._spool = None
+        except OSError as exc:
+            self.abort()
+            raise self._os_error(exc) from None
         except BaseException:
             self.abort()
             raise

@@ -147,8 +147,9 @@ class OpenAIOracle:
             raise OracleTimeout(f"no answer within {self.timeout:g} s") from None
         except aiohttp.ClientError as exc:
             raise OracleUnavailable(f"connection failed: {type(exc).__name__}", kind="connection") from None
-        if status != 200:
-            raise self._status_error(status, body, retry_after)
+        if status != 200:  # some proxies echo the key back in an error body: never keep it
+            raise self._status_error(status, body.replace(self.__key, "[key]") if self.__key else body,
+                                     retry_after)
         try:
             data = json.loads(body)
             choice = data["choices"][0]
