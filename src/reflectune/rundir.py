@@ -9,6 +9,7 @@ environment variable only.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -33,6 +34,7 @@ def default_run_dir(input_path: str | os.PathLike[str], oracle_spec: str, stage:
     return Path("runs") / name
 
 
+@functools.cache
 def versions() -> dict[str, str]:
     from importlib import metadata
 
@@ -87,7 +89,7 @@ class RunFolder:
         manifest = self.read_manifest()
         manifest.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         manifest["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        manifest["versions"] = versions()
+        manifest["versions"] = dict(versions())
         manifest[section] = payload
         write_json_atomic(self.path / MANIFEST, manifest)
 

@@ -18,6 +18,7 @@ Once a stop is triggered, calls already in flight finish and are stored; new one
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import time
 from collections import deque
@@ -29,7 +30,7 @@ from reflectune.engine.limits import RateLimiter
 from reflectune.errors import OracleError, RateLimited, RunStopped, StoreError
 from reflectune.oracles.base import Oracle
 from reflectune.pricing import cost_usd
-from reflectune.store import CallRecord, Store, canonical_json, content_key
+from reflectune.store import CallRecord, Store, canonical_json
 from reflectune.types import ChatRequest
 
 DEFAULT_CONCURRENCY = 64
@@ -90,13 +91,18 @@ class Engine:
     async def __aexit__(self, *exc: object) -> None:
         await self.oracle.aclose()
 
-    def key_for(self, stage: str, request: ChatRequest, version: str) -> str:
-        return content_key(stage, version, self._fingerprint, request.to_json())
+    def key_for(self, stage: str, request: ChatRequest, version: str,
+                request_json: str | None = None) -> str:
+        """sha256 over (stage, template version, oracle fingerprint) and the canonical request."""
+        head = canonical_json([stage, version, self._fingerprint])
+        body = request_json if request_json is not None else canonical_json(request.to_json())
+        return hashlib.sha256(f"{head}\n{body}".encode()).hexdigest()
 
     async def call(self, stage: str, request: ChatRequest, *, version: str = "",
                    sample_id: str = "") -> CallRecord:
         """Answer ``request`` from the store or the oracle; failures come back as records."""
-        key = self.key_for(stage, request, version)
+        request_json = canonical_json(request.to_json())  # serialised once: key and store
+        key = self.key_for(stage, request, version, request_json)
         cached = self.store.get_call(key)
         if cached is not None and (cached.ok or not self.config.retry_failed):
             self.stats.cached += 1
@@ -110,7 +116,7 @@ class Engine:
             finally:
                 self.stats.in_flight -= 1
         try:
-            self.store.put_call(record, canonical_json(request.to_json()))
+            self.store.put_call(record, request_json)
         except StoreError as exc:
             # Sticky: an answer that cannot be stored is money lost, so no new call may start.
             self._store_error = exc
