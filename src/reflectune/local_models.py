@@ -170,15 +170,39 @@ def pick_device(device: str | None = None) -> str:
     return "cpu"
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX).
+
+    Without it, bf16 is emulated and far slower: on this project's AVX2-only AMD EPYC, a 512x512
+    matmul ran at 1.3 GFLOP/s in bf16 against 76 in fp32, and a batched forward pass of the
+    embedded model took 7x longer. So bf16 is chosen on the CPUs where it pays, not everywhere.
+    """
+    import torch
+
+    try:
+        if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return True
+    except (AttributeError, RuntimeError):
+        pass
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def pick_dtype(device: str, dtype: str | None = None) -> str:
-    """bf16 on CPU (2-3x faster than fp32 here) and on GPUs that have it, else fp16."""
+    """bf16 on GPUs that have it (else fp16); on CPU bf16 only where it is native, else fp32."""
     if dtype and dtype != "auto":
         return dtype
     if device.startswith("cuda"):
         import torch
 
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return "bfloat16"
+    if device == "cpu":
+        return "bfloat16" if cpu_has_fast_bf16() else "float32"
+    return "float16" if device == "mps" else "float32"
 
 
 def load_tokenizer(source: ModelSource) -> Any:
