@@ -1,0 +1,97 @@
+"""``reflectune generate``: flags -> ``generation.generate()``, with a progress bar and a summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+def generate_command(
+    output: Path | None = typer.Option(None, "-o", "--output", help="Answers file: .jsonl (default) or "
+                                       ".json (a JSON array). Default: in the run folder."),
+    model: str = typer.Option("embedded", "--model", "-m", help="embedded | hf:PATH (HF folder or .gguf; "
+                              "a bare path works) | openai:MODEL (with --base-url for any server)."),
+    testset: str = typer.Option("all", help="all | vicuna | koala | wizardlm | sinstruct | lima, or a "
+                                "comma-separated list."),
+    prompts_file: Path | None = typer.Option(None, help="Any JSONL/JSON array of prompts instead of "
+                                             "the test sets."),
+    fields: str | None = typer.Option(None, help="Columns of --prompts-file, e.g. "
+                                      "instruction=question,id=qid,category=cat,input=context."),
+    limit: int | None = typer.Option(None, min=1, help="Only the first N prompts of each set."),
+    run_dir: Path | None = typer.Option(None, help="Run folder; rerunning the same command resumes it."),
+    generator: str | None = typer.Option(None, help="The 'generator' name in each row (default: the "
+                                         "model's name)."),
+    alpaca_eval: bool = typer.Option(False, "--alpaca-eval", help="Write AlpacaEval's model_outputs.json "
+                                     "(a JSON array)."),
+    max_tokens: int = typer.Option(1024, min=1, help="Max new tokens per answer (papers: 1,024)."),
+    temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy (papers)."),
+    top_p: float = typer.Option(1.0),
+    seed: int | None = typer.Option(None),
+    base_url: str | None = typer.Option(None, help="OpenAI-compatible endpoint, e.g. "
+                                        "http://localhost:8000/v1 (vLLM, llama.cpp, Ollama)."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key."),
+    timeout: float = typer.Option(120.0, help="Seconds per request."),
+    device: str | None = typer.Option(None, help="Local models: cpu | cuda | mps (default: auto)."),
+    dtype: str | None = typer.Option(None, help="Local models: bfloat16 | float16 | float32."),
+    batch_size: int = typer.Option(8, min=1, help="Local models: prompts per batch."),
+    concurrency: int | None = typer.Option(None, min=1, help="Requests in flight (default per backend)."),
+    rpm: float | None = typer.Option(None, help="Requests per minute limit."),
+    tpm: float | None = typer.Option(None, help="Tokens per minute limit."),
+    max_cost: float | None = typer.Option(None, help="Stop cleanly (resumably) at this many USD."),
+    price_in: float | None = typer.Option(None, help="USD per 1M prompt tokens (overrides the table)."),
+    price_out: float | None = typer.Option(None, help="USD per 1M completion tokens."),
+    retry_failed: bool = typer.Option(False, help="Ask again the prompts whose generation failed before."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
+) -> None:
+    """Answer the papers' test sets (or any prompts file) with a model: greedy, 1,024 new tokens."""
+    from reflectune.generation import generate
+
+    console = Console(stderr=True)
+    bar = Progress(TextColumn("generate"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console,
+                   transient=True, disable=quiet)
+    task = bar.add_task("generate", total=None, info="")
+
+    def on_progress(done: int, total: int, stats: Any) -> None:
+        bar.update(task, completed=done, total=total,
+                   info=f"new {stats.sent} cached {stats.cached} failed {stats.failed}")
+
+    with bar:
+        summary = generate(output, model=model, testset=testset, prompts_file=prompts_file, fields=fields,
+                           limit=limit, run_dir=run_dir, generator=generator, alpaca_eval=alpaca_eval,
+                           max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                           base_url=base_url, api_key_env=api_key_env, timeout=timeout, device=device,
+                           dtype=dtype, batch_size=batch_size, concurrency=concurrency, rpm=rpm, tpm=tpm,
+                           max_cost=max_cost, price_in=price_in, price_out=price_out,
+                           retry_failed=retry_failed, progress=on_progress)
+    table = Table(title=f"generate: {summary.generator}", header_style="bold")
+    table.add_column("test set")
+    table.add_column("answers", justify="right")
+    for name, count in summary.by_dataset.items():
+        table.add_row(name, f"{count:,}")
+    stats = summary.stats
+    table.add_row("[bold]total", f"[bold]{summary.rows:,}")
+    console.print(table)
+    cost = f"${stats['cost']:.4f}" if stats.get("cost_known") else "unknown (no price for this model)"
+    console.print(f"calls made {stats['sent']:,}, from store {stats['cached']:,}, failed {summary.failed:,}, "
+                  f"cut at --max-tokens {summary.truncated:,}; tokens {stats['prompt_tokens']:,} in / "
+                  f"{stats['completion_tokens']:,} out; cost {cost}; {summary.elapsed_s:.1f} s")
+    console.print(f"output: {summary.output}\nrun:    {summary.run_dir}")
+    if summary.alpaca_eval_command:
+        console.print(f"AlpacaEval: {summary.alpaca_eval_command}")
+    if summary.failed:
+        for error in summary.errors[:5]:
+            console.print(f"[red]failed[/red] {error['dataset']}/{error['id']}: {error['error']}")
+        console.print(f"[red]{summary.failed} generation(s) failed[/red]: written with an empty output and "
+                      "an 'error' field (the judge skips them); rerun with --retry-failed to ask again.")
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the command to the app."""
+    app.command("generate")(generate_command)

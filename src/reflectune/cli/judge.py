@@ -1,0 +1,120 @@
+"""``reflectune judge``: flags -> ``judge_run.judge()``; W/T/L tables per test set and category."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _tally_table(title: str, rows: dict[str, dict[str, Any]], name_a: str, name_b: str,
+                 total: dict[str, Any] | None = None) -> Table:
+    table = Table(title=title, header_style="bold")
+    for column in ("", "N", f"{name_a} wins", "tie", f"{name_b} wins", "winning score", "errors", "skipped"):
+        table.add_column(column, justify="left" if not column else "right")
+
+    def add(label: str, t: dict[str, Any], style: str = "") -> None:
+        table.add_row(label, str(t["n"]), str(t["win"]), str(t["tie"]), str(t["lose"]),
+                      _score(t["winning_score"]), f"[red]{t['errors']}[/red]" if t["errors"] else "0",
+                      str(t["skipped"]), style=style)
+
+    for label, tally in rows.items():
+        add(label, tally)
+    if total is not None:
+        add("overall", total, style="bold")
+    return table
+
+
+def judge_command(
+    answers_a: Path = typer.Argument(..., help="Answers of model A (generate output or AlpacaEval "
+                                     "model_outputs.json)."),
+    answers_b: Path = typer.Argument(..., help="Answers of model B."),
+    judge: str = typer.Option(..., "--judge", "-j", help="Judge model: openai:MODEL (with --base-url for "
+                              "any server) | hf:PATH | embedded."),
+    mode: str = typer.Option("score", help="score: two 1-10 scores (papers) | pair-v2: MT-Bench "
+                             "[[A]]/[[B]]/[[C]] verdict."),
+    retry_unparsed: bool = typer.Option(False, help="Re-ask, once, reviews without a readable score "
+                                        "line, with a reminder of the format."),
+    max_tokens: int = typer.Option(1024, min=1, help="Judge tokens per review."),
+    run_dir: Path | None = typer.Option(None, help="Run folder; rerunning the same command resumes it."),
+    report: Path | None = typer.Option(None, help="JSON report (default: judge.json in the run folder)."),
+    chart: Path | None = typer.Option(None, help="PNG chart (default: next to the report)."),
+    no_chart: bool = typer.Option(False, "--no-chart", help="Do not draw the chart."),
+    name_a: str | None = typer.Option(None, help="Label of A (default: its 'generator')."),
+    name_b: str | None = typer.Option(None, help="Label of B (default: its 'generator')."),
+    base_url: str | None = typer.Option(None, help="OpenAI-compatible endpoint of the judge."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key."),
+    timeout: float = typer.Option(120.0, help="Seconds per request."),
+    device: str | None = typer.Option(None, help="Local judge: cpu | cuda | mps."),
+    dtype: str | None = typer.Option(None, help="Local judge: bfloat16 | float16 | float32."),
+    batch_size: int = typer.Option(8, min=1, help="Local judge: prompts per batch."),
+    concurrency: int | None = typer.Option(None, min=1, help="Requests in flight (default per backend)."),
+    rpm: float | None = typer.Option(None, help="Requests per minute limit."),
+    tpm: float | None = typer.Option(None, help="Tokens per minute limit."),
+    max_cost: float | None = typer.Option(None, help="Stop cleanly (resumably) at this many USD."),
+    price_in: float | None = typer.Option(None, help="USD per 1M prompt tokens (overrides the table)."),
+    price_out: float | None = typer.Option(None, help="USD per 1M completion tokens."),
+    retry_failed: bool = typer.Option(False, help="Re-run judge calls that failed before."),
+    by_category: bool = typer.Option(True, help="Also print the per-category table."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
+) -> None:
+    """Compare two answer files with a pairwise LLM judge, both orders (win/tie/lose, winning score)."""
+    from reflectune.judge_run import judge as run_judge
+    from reflectune.judging import Mode
+
+    console = Console(stderr=True)
+    bar = Progress(TextColumn("judge"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console,
+                   transient=True, disable=quiet)
+    task = bar.add_task("judge", total=None, info="")
+
+    def on_progress(done: int, total: int, stats: Any) -> None:
+        bar.update(task, completed=done, total=total,
+                   info=f"calls {stats.sent} cached {stats.cached} failed {stats.failed}")
+
+    with bar:
+        result = run_judge(answers_a, answers_b, judge=judge, mode=cast(Mode, mode),
+                           retry_unparsed=retry_unparsed,
+                           max_tokens=max_tokens, run_dir=run_dir, report=report,
+                           chart=False if no_chart else chart, name_a=name_a, name_b=name_b,
+                           base_url=base_url, api_key_env=api_key_env, timeout=timeout, device=device,
+                           dtype=dtype, batch_size=batch_size, concurrency=concurrency, rpm=rpm, tpm=tpm,
+                           max_cost=max_cost, price_in=price_in, price_out=price_out,
+                           retry_failed=retry_failed, progress=on_progress)
+    data = result.data
+    a, b = data["a"]["name"], data["b"]["name"]
+    out = Console()
+    out.print(_tally_table(f"{a} vs {b} (judge {data['judge']}, {data['mode']}, both orders)",
+                           data["by_dataset"], a, b, data["overall"]))
+    if by_category:
+        for dataset, categories in data["by_category"].items():
+            out.print(_tally_table(f"{dataset} by category", categories, a, b))
+    unmatched = data["unmatched"]
+    if unmatched["a"] or unmatched["b"]:
+        console.print(f"[yellow]unmatched[/yellow]: {unmatched['a']} item(s) of A and {unmatched['b']} of B "
+                      "have no counterpart (by dataset+id or instruction); see the report.")
+    overall = data["overall"]
+    if overall["errors"]:
+        console.print(f"[red]{overall['errors']} item(s) could not be judged[/red] (unreadable review or "
+                      "failed call; not counted as ties): see 'errors' in the report"
+                      + ("" if retry_unparsed else "; --retry-unparsed re-asks unreadable reviews") + ".")
+    if overall["skipped"]:
+        console.print(f"[yellow]{overall['skipped']} item(s) skipped[/yellow]: a generation failed.")
+    cost = data["cost_usd"]
+    console.print(f"judge calls made {data['calls']['sent']:,}, from store {data['calls']['cached']:,}; "
+                  f"cost {'unknown' if cost is None else f'${cost:.4f}'}; {data['elapsed_s']:.1f} s")
+    console.print(f"report: {result.report_path}" + (f"\nchart:  {result.chart_path}" if result.chart_path
+                                                       else "") + f"\nreviews: {result.judgments_path}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the command to the app."""
+    app.command("judge")(judge_command)

@@ -1,0 +1,508 @@
+"""``judge()``: compare two answer files with an LLM judge, both orders, resumably.
+
+The rules live in :mod:`reflectune.judging` (pure); this module does the I/O around them: read and
+pair the two answer files, send every judge call through the engine (concurrency, rate limits,
+retries, cost, and resume from the run folder's store), re-ask unparsed reviews when asked to, and
+write the results: ``judgments.jsonl`` (every review), ``judge.json`` (the report) and a PNG chart
+like the papers' figure. Nothing is ever counted as a tie by accident: an unreadable review or a
+failed call makes the item an *error*, listed in the report.
+
+Items pair on ``(dataset, id)``, the identity ``reflectune generate`` writes, and fall back to the
+instruction text, so AlpacaEval ``model_outputs.json`` files from elsewhere pair too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from reflectune.config import EngineConfig, OracleConfig
+from reflectune.engine.runner import Engine, EngineStats
+from reflectune.errors import ConfigError, DataError
+from reflectune.generation import config_error
+from reflectune.judging import (
+    MODES,
+    Mode,
+    Outcome,
+    Tally,
+    combine_orders,
+    judge_request,
+    parse_scores,
+    parse_verdict,
+    review_outcome,
+    template_version,
+    verdict_outcome,
+)
+from reflectune.oracles import make_oracle
+from reflectune.pricing import price_for
+from reflectune.rundir import RunFolder, default_run_dir, write_json_atomic
+from reflectune.testsets import read_records
+
+__all__ = [
+    "JUDGE_STAGE",
+    "Answer",
+    "ItemJudgment",
+    "JudgeReport",
+    "OrderResult",
+    "Pairing",
+    "ajudge",
+    "judge",
+    "pair_answers",
+    "read_answers",
+    "summarize",
+    "write_chart",
+]
+
+JUDGE_STAGE = "judge"
+Progress = Callable[[int, int, EngineStats], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One row of an answer file. ``error`` is set when its generation failed."""
+
+    row: int
+    instruction: str
+    output: str
+    dataset: str | None = None
+    id: str | None = None
+    category: str | None = None
+    generator: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Pairing:
+    pairs: list[tuple[Answer, Answer]]
+    unmatched_a: list[Answer]
+    unmatched_b: list[Answer]
+    duplicates_a: int = 0
+    duplicates_b: int = 0
+
+
+@dataclass
+class OrderResult:
+    """One judge call: ``a_first`` tells whether model A was shown as Assistant 1 / A."""
+
+    a_first: bool
+    review: str | None = None
+    scores: tuple[float, float] | None = None   # (Assistant 1, Assistant 2) as written
+    verdict: str | None = None
+    outcome: Outcome | None = None
+    retried: bool = False
+    error: str | None = None                    # "unparsed" or "call failed: ..."
+
+
+@dataclass
+class ItemJudgment:
+    dataset: str
+    id: str
+    category: str | None
+    instruction: str
+    orders: list[OrderResult] = field(default_factory=list)
+    skipped: str | None = None
+
+    @property
+    def outcome(self) -> Outcome | None:
+        if self.skipped or len(self.orders) != 2 or any(o.outcome is None for o in self.orders):
+            return None
+        first, second = (o.outcome for o in self.orders)
+        assert first is not None and second is not None
+        return combine_orders(first, second)
+
+    @property
+    def error(self) -> str | None:
+        problems = [f"{'A first' if o.a_first else 'B first'}: {o.error}" for o in self.orders if o.error]
+        return "; ".join(problems) or None
+
+    def scores_ab(self) -> list[tuple[float, float]]:
+        """Per order, (score of A, score of B), for mean scores."""
+        out = []
+        for o in self.orders:
+            if o.scores is not None:
+                out.append(o.scores if o.a_first else (o.scores[1], o.scores[0]))
+        return out
+
+    def as_row(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "id": self.id, "category": self.category,
+                "instruction": self.instruction, "outcome": self.outcome, "error": self.error,
+                "skipped": self.skipped, "orders": [asdict(o) for o in self.orders]}
+
+
+@dataclass
+class JudgeReport:
+    """The comparison: ``overall``/``by_dataset``/``by_category`` are ``Tally.as_dict()`` values."""
+
+    run_dir: Path
+    report_path: Path
+    chart_path: Path | None
+    judgments_path: Path
+    data: dict[str, Any]
+
+    @property
+    def overall(self) -> dict[str, Any]:
+        return self.data["overall"]
+
+    @property
+    def by_dataset(self) -> dict[str, dict[str, Any]]:
+        return self.data["by_dataset"]
+
+
+# -- reading and pairing ----------------------------------------------------------------------------
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def read_answers(path: str | os.PathLike[str]) -> list[Answer]:
+    """Rows of an answer file (JSONL or a JSON array, e.g. AlpacaEval's ``model_outputs.json``).
+
+    Raises:
+        DataError: a row without a string ``instruction`` or ``output``, naming file, row and field.
+    """
+    source = Path(path)
+    answers = []
+    for row, record in read_records(source):
+        for name in ("instruction", "output"):
+            if not isinstance(record.get(name), str):
+                raise DataError("missing or non-string field", path=str(source), row=row, field=name)
+        answers.append(Answer(row=row, instruction=record["instruction"], output=record["output"],
+                              dataset=_opt_str(record.get("dataset")), id=_opt_str(record.get("id")),
+                              category=_opt_str(record.get("category")),
+                              generator=_opt_str(record.get("generator")),
+                              error=_opt_str(record.get("error"))))
+    if not answers:
+        raise DataError("no answers in the file", path=str(source))
+    return answers
+
+
+def _text_key(text: str) -> str:
+    return " ".join(text.split())
+
+
+def pair_answers(a: list[Answer], b: list[Answer]) -> Pairing:
+    """Pair A's rows with B's on ``(dataset, id)``, else on the instruction text; first match wins."""
+    by_id: dict[tuple[str, str], int] = {}
+    by_text: dict[str, int] = {}
+    duplicates_b = 0
+    for index, answer in enumerate(b):
+        if answer.dataset is not None and answer.id is not None:
+            duplicates_b += (answer.dataset, answer.id) in by_id
+            by_id.setdefault((answer.dataset, answer.id), index)
+        by_text.setdefault(_text_key(answer.instruction), index)
+    used: set[int] = set()
+    seen_a: set[tuple[str | None, str | None, str]] = set()
+    pairs, unmatched_a, duplicates_a = [], [], 0
+    for answer in a:
+        identity = (answer.dataset, answer.id, _text_key(answer.instruction))
+        if identity in seen_a:
+            duplicates_a += 1
+            continue
+        seen_a.add(identity)
+        match = None
+        if answer.dataset is not None and answer.id is not None:
+            match = by_id.get((answer.dataset, answer.id))
+        if match is None or match in used:
+            match = by_text.get(_text_key(answer.instruction))
+        if match is None or match in used:
+            unmatched_a.append(answer)
+            continue
+        used.add(match)
+        pairs.append((answer, b[match]))
+    unmatched_b = [answer for index, answer in enumerate(b) if index not in used]
+    return Pairing(pairs, unmatched_a, unmatched_b, duplicates_a, duplicates_b)
+
+
+# -- judging ------------------------------------------------------------------------------------------
+
+async def _judge_order(engine: Engine, question: str, a: str, b: str, *, a_first: bool, mode: Mode,
+                       retry_unparsed: bool, max_tokens: int | None, sample_id: str) -> OrderResult:
+    first, second = (a, b) if a_first else (b, a)
+    result = OrderResult(a_first=a_first)
+    for reminder in (False, True):
+        if reminder and not retry_unparsed:
+            break
+        request = judge_request(question, first, second, mode=mode, reminder=reminder,
+                                max_tokens=max_tokens)
+        record = await engine.call(JUDGE_STAGE, request, version=template_version(mode),
+                                   sample_id=sample_id)
+        result.retried = reminder
+        if not record.ok:
+            result.error = f"call failed: {record.error_kind or 'error'}: {record.error}"
+            return result
+        result.review = record.content
+        if mode == "pair-v2":
+            verdict = parse_verdict(record.content)
+            if verdict is not None:
+                result.verdict, result.error = verdict, None
+                result.outcome = verdict_outcome(verdict, a_first=a_first)
+                return result
+        else:
+            scores = parse_scores(record.content)
+            if scores is not None:
+                result.scores, result.error = scores, None
+                result.outcome = review_outcome(scores, a_first=a_first)
+                return result
+        result.error = "unparsed"
+    return result
+
+
+async def _judge_item(engine: Engine, a: Answer, b: Answer, *, mode: Mode, retry_unparsed: bool,
+                      max_tokens: int | None) -> ItemJudgment:
+    dataset = a.dataset or b.dataset or "answers"
+    item_id = a.id or b.id or str(a.row - 1)
+    item = ItemJudgment(dataset, item_id, a.category or b.category, a.instruction)
+    if a.error or b.error:
+        item.skipped = "; ".join(f"{side} generation failed: {x.error}"
+                                 for side, x in (("A", a), ("B", b)) if x.error)
+        return item
+    item.orders = list(await asyncio.gather(*(
+        _judge_order(engine, a.instruction, a.output, b.output, a_first=a_first, mode=mode,
+                     retry_unparsed=retry_unparsed, max_tokens=max_tokens,
+                     sample_id=f"{dataset}/{item_id}")
+        for a_first in (True, False))))
+    return item
+
+
+def summarize(items: list[ItemJudgment]) -> dict[str, Any]:
+    """Tallies overall, per test set and per (test set, category); pure."""
+    overall = Tally()
+    by_dataset: dict[str, Tally] = {}
+    by_category: dict[str, dict[str, Tally]] = {}
+    for item in items:
+        tallies = [overall, by_dataset.setdefault(item.dataset, Tally())]
+        if item.category is not None:
+            tallies.append(by_category.setdefault(item.dataset, {}).setdefault(item.category, Tally()))
+        for tally in tallies:
+            tally.add(item.outcome, error=item.error is not None, skipped=item.skipped is not None,
+                      scores=item.scores_ab())
+    return {"overall": overall.as_dict(),
+            "by_dataset": {name: t.as_dict() for name, t in by_dataset.items()},
+            "by_category": {name: {cat: t.as_dict() for cat, t in sorted(cats.items())}
+                            for name, cats in by_category.items()}}
+
+
+def write_chart(by_dataset: dict[str, dict[str, Any]], path: str | os.PathLike[str], *,
+                name_a: str = "A", name_b: str = "B", title: str | None = None) -> Path:
+    """Stacked horizontal bars of win / tie / lose per test set, like the papers' figure (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(by_dataset)
+    labels = [f"{n}\n{by_dataset[n]['winning_score']:.2f}" if by_dataset[n].get("winning_score") is not None
+              else n for n in names]
+    data = np.array([[by_dataset[n]["win"], by_dataset[n]["tie"], by_dataset[n]["lose"]] for n in names],
+                    dtype=float).reshape(len(labels), 3)
+    colors = plt.colormaps["RdYlBu"](np.linspace(0.2, 0.8, 3))
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.6 * max(1, len(labels))), dpi=150)
+    try:
+        ax.invert_yaxis()
+        ax.xaxis.set_visible(False)
+        ax.set_xlim(0, max(1.0, float(data.sum(axis=1).max()) if len(labels) else 1.0))
+        starts = np.zeros(len(labels))
+        for column, (name, color) in enumerate(zip((f"{name_a} wins", "Tie", f"{name_b} wins"), colors,
+                                                   strict=True)):
+            widths = data[:, column]
+            rects = ax.barh(labels, widths, left=starts, height=0.6, label=name, color=color)
+            r, g, b, _ = color
+            ax.bar_label(rects, labels=[f"{int(w)}" if w else "" for w in widths], label_type="center",
+                         color="white" if r * g * b < 0.5 else "black")
+            starts = starts + widths
+        ax.legend(ncols=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize="small", frameon=False)
+        if title:
+            fig.suptitle(title, fontsize="medium", y=0.995)
+        fig.tight_layout()
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, format="png")
+    finally:
+        plt.close(fig)
+    return out
+
+
+def _name(answers: list[Answer], path: Path) -> str:
+    names = {a.generator for a in answers if a.generator}
+    return names.pop() if len(names) == 1 else path.name.split(".")[0]
+
+
+def _stem(path: Path) -> str:
+    return path.name.split(".")[0] or "answers"
+
+
+async def ajudge(answers_a: str | os.PathLike[str], answers_b: str | os.PathLike[str], *,
+                 oracle: OracleConfig, engine_config: EngineConfig | None = None, mode: Mode = "score",
+                 retry_unparsed: bool = False, max_tokens: int | None = 1024,
+                 run_dir: str | os.PathLike[str] | None = None, report: str | os.PathLike[str] | None = None,
+                 chart: str | os.PathLike[str] | bool | None = None, name_a: str | None = None,
+                 name_b: str | None = None, progress: Progress | None = None) -> JudgeReport:
+    """Async core of :func:`judge`."""
+    if mode not in MODES:
+        raise ConfigError(f"unknown judge mode '{mode}'; expected one of {', '.join(MODES)}")
+    path_a, path_b = Path(answers_a), Path(answers_b)
+    rows_a, rows_b = read_answers(path_a), read_answers(path_b)
+    pairing = pair_answers(rows_a, rows_b)
+    if not pairing.pairs:
+        raise DataError(f"no item of {path_a} matches one of {path_b} by (dataset, id) or instruction")
+    label_a, label_b = name_a or _name(rows_a, path_a), name_b or _name(rows_b, path_b)
+    folder = Path(run_dir) if run_dir else default_run_dir(
+        f"{_stem(path_a)}-vs-{_stem(path_b)}", oracle.spec, JUDGE_STAGE)
+    engine_config = engine_config or EngineConfig()
+    started = time.monotonic()
+    with RunFolder(folder) as run:
+        assert run.store is not None
+        options = {"base_url": oracle.base_url, "api_key_env": oracle.api_key_env,
+                   "timeout": oracle.timeout, "context": oracle.context, "device": oracle.device,
+                   "dtype": oracle.dtype, "batch_size": oracle.batch_size}
+        judge_oracle = make_oracle(oracle.spec, **options)
+        prices = price_for(oracle.spec, engine_config.price_in, engine_config.price_out)
+        base = {"a": str(path_a), "b": str(path_b), "judge": oracle.model_dump(mode="json"),
+                "engine": engine_config.model_dump(mode="json"), "mode": mode,
+                "template": template_version(mode), "retry_unparsed": retry_unparsed,
+                "max_tokens": max_tokens, "pairs": len(pairing.pairs)}
+        run.update_manifest(JUDGE_STAGE, base | {"status": "running"})
+        async with Engine(judge_oracle, run.store, engine_config, prices=prices) as engine:
+            done = 0
+
+            async def one(a: Answer, b: Answer) -> ItemJudgment:
+                nonlocal done
+                item = await _judge_item(engine, a, b, mode=mode, retry_unparsed=retry_unparsed,
+                                         max_tokens=max_tokens)
+                done += 1
+                if progress is not None:
+                    progress(done, len(pairing.pairs), engine.stats)
+                return item
+
+            tasks = [asyncio.ensure_future(one(a, b)) for a, b in pairing.pairs]
+            try:
+                items = list(await asyncio.gather(*tasks))
+            except BaseException as exc:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                run.update_manifest(JUDGE_STAGE, base | {"status": "stopped", "stop_reason": str(exc),
+                                                         "stats": engine.stats.as_dict()})
+                raise
+            stats = engine.stats.as_dict()
+
+        judgments = run.file("judgments.jsonl")
+        tmp = judgments.with_name(judgments.name + f".tmp{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for item in items:
+                fh.write(json.dumps(item.as_row(), ensure_ascii=False) + "\n")
+        os.replace(tmp, judgments)
+
+        tallies = summarize(items)
+        report_path = Path(report) if report else run.file("judge.json")
+        chart_path: Path | None = None
+        if chart is not False:
+            chart_path = Path(chart) if isinstance(chart, str | os.PathLike) else \
+                report_path.with_suffix(".png")
+            write_chart(tallies["by_dataset"], chart_path, name_a=label_a, name_b=label_b,
+                        title=f"{label_a} vs {label_b} (judge: {oracle.spec})")
+        data = {
+            "a": {"path": str(path_a), "name": label_a, "rows": len(rows_a)},
+            "b": {"path": str(path_b), "name": label_b, "rows": len(rows_b)},
+            "judge": oracle.spec, "mode": mode, "template": template_version(mode),
+            "retry_unparsed": retry_unparsed, "pairs": len(pairing.pairs),
+            **tallies,
+            "unmatched": {"a": len(pairing.unmatched_a), "b": len(pairing.unmatched_b),
+                          "duplicates_a": pairing.duplicates_a, "duplicates_b": pairing.duplicates_b,
+                          "examples_a": [_describe(x) for x in pairing.unmatched_a[:20]],
+                          "examples_b": [_describe(x) for x in pairing.unmatched_b[:20]]},
+            "errors": [{"dataset": i.dataset, "id": i.id, "error": i.error,
+                        "reviews": [(o.review or "")[:300] for o in i.orders if o.error]}
+                       for i in items if i.error],
+            "skipped": [{"dataset": i.dataset, "id": i.id, "reason": i.skipped} for i in items if i.skipped],
+            "retried": sum(o.retried for i in items for o in i.orders),
+            "calls": stats, "cost_usd": round(stats["cost"], 6) if stats["cost_known"] else None,
+            "elapsed_s": round(time.monotonic() - started, 3),
+            "run_dir": str(folder), "judgments": str(judgments),
+            "chart": str(chart_path) if chart_path else None,
+        }
+        write_json_atomic(report_path, data)
+        run.update_manifest(JUDGE_STAGE, base | {"status": "complete", "report": str(report_path),
+                                                 "overall": tallies["overall"], "stats": stats})
+    return JudgeReport(folder, report_path, chart_path, judgments, data)
+
+
+def _describe(answer: Answer) -> dict[str, Any]:
+    return {"row": answer.row, "dataset": answer.dataset, "id": answer.id,
+            "instruction": answer.instruction[:120]}
+
+
+def judge(
+    answers_a: str | os.PathLike[str],
+    answers_b: str | os.PathLike[str],
+    *,
+    judge: str,
+    mode: Mode = "score",
+    retry_unparsed: bool = False,
+    max_tokens: int | None = 1024,
+    run_dir: str | os.PathLike[str] | None = None,
+    report: str | os.PathLike[str] | None = None,
+    chart: str | os.PathLike[str] | bool | None = None,
+    name_a: str | None = None,
+    name_b: str | None = None,
+    base_url: str | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
+    timeout: float = 120.0,
+    device: str | None = None,
+    dtype: str | None = None,
+    batch_size: int = 8,
+    concurrency: int | None = None,
+    rpm: float | None = None,
+    tpm: float | None = None,
+    max_cost: float | None = None,
+    price_in: float | None = None,
+    price_out: float | None = None,
+    retry_failed: bool = False,
+    progress: Progress | None = None,
+) -> JudgeReport:
+    """Compare two answer files with a pairwise LLM judge, both orders (METHOD.md §7.1).
+
+    Args:
+        answers_a, answers_b: answer files (``reflectune generate`` output, or AlpacaEval
+            ``model_outputs.json``); items pair on ``(dataset, id)``, else on the instruction.
+        judge: the judge's oracle spec, e.g. ``openai:gpt-4o`` (with ``base_url`` for any
+            OpenAI-compatible server), ``hf:PATH`` or ``embedded``.
+        mode: ``"score"`` (two 1-10 scores, the papers' protocol) or ``"pair-v2"`` (MT-Bench verdict).
+        retry_unparsed: re-ask reviews without a readable score line (or verdict), once, with a
+            reminder of the format; still unreadable ones are errors.
+        max_tokens: the judge's token budget per review.
+        run_dir: run folder (store, ``judgments.jsonl``); default ``runs/<A>-vs-<B>-<judge>-judge``.
+            Rerunning resumes: finished reviews are not asked again.
+        report: the JSON report (default ``judge.json`` in the run folder); ``chart``: the PNG
+            (default next to the report; ``False`` for none).
+        name_a, name_b: labels (default: the files' ``generator``).
+        Other arguments: the oracle and engine settings, as for :func:`reflectune.generation.generate`.
+
+    Returns:
+        A :class:`JudgeReport`: W/T/L, winning score, errors per test set, overall and per category.
+
+    Example:
+        >>> r = judge("ours.jsonl", "base.jsonl", judge="openai:gpt-4o")  # doctest: +SKIP
+        >>> r.overall["winning_score"]  # doctest: +SKIP
+        1.42
+    """
+    try:
+        oracle = OracleConfig(spec=judge, base_url=base_url, api_key_env=api_key_env, timeout=timeout,
+                              device=device, dtype=dtype, batch_size=batch_size)
+        engine_config = EngineConfig(concurrency=concurrency, rpm=rpm, tpm=tpm, max_cost=max_cost,
+                                     price_in=price_in, price_out=price_out, retry_failed=retry_failed)
+    except ValidationError as exc:
+        raise config_error(exc) from None
+    return asyncio.run(ajudge(answers_a, answers_b, oracle=oracle, engine_config=engine_config, mode=mode,
+                              retry_unparsed=retry_unparsed, max_tokens=max_tokens, run_dir=run_dir,
+                              report=report, chart=chart, name_a=name_a, name_b=name_b,
+                              progress=progress))
