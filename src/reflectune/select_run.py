@@ -1,0 +1,246 @@
+"""``select()``: scores in, the student-selected dataset out (Selective Reflection-Tuning, V2).
+
+The rule itself is pure and lives in ``selection``; this module does the I/O around it. It scores
+first when the run has no matching scores (reusing ``score()``, so that part resumes too), then makes
+two streaming passes: one to apply the rule and learn the top-k cut-off, one to write the kept rows
+with ``DatasetWriter`` in the input's own shape, plus the ``ifd``, ``rifd``, ``variant`` and
+``outcome`` columns. Rows keep their input order.
+
+Two sources:
+
+* a recycle run folder: the four candidates per sample, the §5.2 rule, optional top-k;
+* a plain dataset (Cherry LLM mode): ori only, keep IFD < 1, optionally the top-k by IFD.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reflectune.errors import ConfigError, DataError
+from reflectune.rundir import RunFolder, default_run_dir, read_manifest
+from reflectune.scoring.run import SCORES_FILE, VARIANTS_FILE, ScoreProgress, is_run_folder, score
+from reflectune.selection import METRICS, Choice, TopK, choose_variant, count_outcomes, parse_top_k
+from reflectune.types import Sample
+
+_SUFFIX = {"json": ".json", "jsonl": ".jsonl", "parquet": ".parquet", "csv": ".csv", "hf_disk": ""}
+
+
+@dataclass
+class SelectSummary:
+    """What ``select()`` did; ``manifest`` is the ``select`` section written to run.json."""
+
+    run_dir: Path
+    output: Path
+    mode: str
+    samples: int
+    kept: int
+    outcomes: dict[str, int]
+    dropped: dict[str, int]
+    top_k: str | None
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"not JSON ({exc.msg})", path=str(path), row=line_no) from None
+
+
+def _needs_scoring(folder: Path, source: Path, wanted: Mapping[str, Any]) -> bool:
+    """Score again unless run.json says this folder's scores are done and match what was asked."""
+    section = read_manifest(folder).get("score") or {}
+    if section.get("status") != "done" or not (folder / SCORES_FILE).is_file():
+        return True
+    if Path(section.get("source", "")).resolve() != source.resolve():
+        return True
+    return any(value is not None and section.get(key) != value for key, value in wanted.items())
+
+
+def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None = None, *,
+           top_k: str | int | TopK | None = None, below_one_filter: bool = True,
+           metric: str = "ppl_ratio", student: str | None = None, template: str | None = None,
+           max_length: int | None = None, batch_tokens: int = 8192, dtype: str | None = None,
+           device: str | None = None, run_dir: str | os.PathLike[str] | None = None,
+           fields: Mapping[str, str] | None = None, fmt: str | None = None,
+           output_format: str | None = None,
+           progress: Callable[[ScoreProgress], None] | None = None) -> SelectSummary:
+    """Keep the candidates that suit the student (METHOD.md §5.2), optionally only the top-k.
+
+    Args:
+        source: a recycle run folder, or a dataset file (Cherry mode: ori only, top-k by IFD).
+        output: the selected dataset; its extension picks the format (default
+            ``<run>/selected.<input format>``).
+        top_k: ``"5%"``, ``"1000"`` or a ``TopK``: rank kept rows by IFD, higher first.
+        below_one_filter: require IFD < 1 and r-IFD < 1 for kept pairs (reference behaviour).
+        metric: ``ppl_ratio`` (default, exp(L_cond - L_direct)) or ``loss_ratio`` (L_cond / L_direct).
+        student, template, max_length, batch_tokens, dtype, device: scoring options; when the run
+            already has finished scores and none of these is given (or they match), the scores are
+            reused as they are. Otherwise ``score()`` runs first (and resumes from the store).
+        run_dir: Cherry mode's run folder (default ``runs/<stem>-<student>-score``).
+        fields, fmt: how to read a dataset source.
+        output_format: force the output format (json, jsonl, parquet, csv, hf_disk).
+        progress: scoring progress callback.
+
+    Returns:
+        A ``SelectSummary``; run.json gets a ``select`` section with the same counts.
+
+    Example::
+
+        summary = select("runs/alpaca-embedded", "srecycled.json", top_k="10%")
+        summary.outcomes  # {'both': ..., 'instruction': ..., 'response': ..., 'none': ...}
+    """
+    if metric not in METRICS:
+        raise ConfigError(f"unknown metric '{metric}': choose one of {', '.join(METRICS)}")
+    spec = parse_top_k(top_k) if top_k is not None else None
+    src = Path(source)
+    mode = "variants" if is_run_folder(src) else "cherry"
+    if mode == "variants":
+        if run_dir is not None and Path(run_dir).resolve() != src.resolve():
+            raise ConfigError(f"{src} is a run folder: drop --run-dir")
+        folder = src
+    else:
+        if not src.exists():
+            raise DataError("no such file or run folder", path=str(src))
+        folder = Path(run_dir) if run_dir is not None else default_run_dir(src, student or "embedded",
+                                                                            "score")
+    wanted = {"student": student, "template": template, "max_length": max_length,
+              "dtype": dtype if dtype not in (None, "auto") else None}
+    if _needs_scoring(folder, src, wanted):
+        score(src, student=student or "embedded", template=template or "vicuna",
+              max_length=max_length or 2048, batch_tokens=batch_tokens, dtype=dtype, device=device,
+              run_dir=None if mode == "variants" else folder, fields=fields, fmt=fmt, progress=progress)
+    score_section = read_manifest(folder)["score"]
+
+    if mode == "variants":
+        recycle_input = (read_manifest(folder).get("recycle") or {}).get("input") or {}
+        if not recycle_input.get("path"):
+            raise DataError("run.json has no recycle input; select needs the original dataset to write "
+                            "rows in its shape", path=str(folder / "run.json"))
+        in_path = Path(recycle_input["path"])
+        in_fmt, in_fields = recycle_input.get("format"), recycle_input.get("fields") or None
+    else:
+        in_path, in_fmt, in_fields = src, (score_section.get("input") or {}).get("format", fmt), fields
+
+    with RunFolder(folder) as run:
+        # 1. Apply the rule to every sample (no texts held).
+        choices: list[Choice] = []
+        ids: list[str] = []
+        for line in _read_jsonl(run.file(SCORES_FILE)):
+            ids.append(str(line.get("id")))
+            variants = line.get("variants") or {}
+            if mode == "variants":
+                choices.append(choose_variant(variants, below_one_filter=below_one_filter, metric=metric))
+            else:
+                choices.append(_cherry_choice(variants.get("ori"), below_one_filter, metric))
+        summary_counts = count_outcomes(choices)
+        # 2. The top-k cut: rank kept rows by IFD.
+        keep = [i for i, c in enumerate(choices) if c.kept]
+        if spec is not None:
+            ranked = [choices[i].ifd for i in keep]
+            pool = len(choices) if mode == "cherry" else len(keep)
+            from reflectune.selection import select_top_k
+
+            keep = sorted(keep[j] for j in select_top_k(ranked, spec, pool=pool))
+        keep_set = set(keep)
+        # 3. Write the kept rows in input order, in the input's shape.
+        out_fmt = output_format or (None if output is not None else in_fmt)
+        default_name = "selected" + _SUFFIX.get(in_fmt or "", ".jsonl")
+        out_path = Path(output) if output is not None else run.file(default_name)
+        written = _write(out_path, out_fmt, mode, folder, in_path, in_fmt, in_fields, choices, ids,
+                         keep_set)
+        manifest = {"mode": mode, "metric": metric, "metric_keys": list(METRICS[metric]),
+                    "below_one_filter": below_one_filter, "top_k": str(spec) if spec else None,
+                    "samples": summary_counts["samples"], "outcomes": summary_counts["outcomes"],
+                    "passed_rule": summary_counts["kept"], "dropped": summary_counts["dropped"],
+                    "kept": written, "output": str(out_path), "scores": score_section.get("namespace"),
+                    "student": score_section.get("student"), "template": score_section.get("template")}
+        if spec is not None:
+            manifest["dropped"] = {**manifest["dropped"],
+                                   "below_top_k": summary_counts["kept"] - len(keep_set)}
+        run.update_manifest("select", manifest)
+    return SelectSummary(run_dir=folder, output=out_path, mode=mode, samples=summary_counts["samples"],
+                         kept=written, outcomes=summary_counts["outcomes"], dropped=manifest["dropped"],
+                         top_k=manifest["top_k"], manifest=manifest)
+
+
+def _cherry_choice(entry: Mapping[str, Any] | None, below_one_filter: bool, metric: str) -> Choice:
+    """Cherry mode: one candidate; keep it if its IFD is a number (below 1 under the filter)."""
+    ifd_key, rifd_key = METRICS[metric]
+    if entry is None or entry.get("status", "ok") != "ok":
+        return Choice(None, None, False, "ori_unavailable")
+    ifd, rifd = entry.get(ifd_key), entry.get(rifd_key)
+    if ifd is None:
+        return Choice("ori", "none", False, "nan_ifd", ifd, rifd)
+    if below_one_filter and ifd >= 1:
+        return Choice("ori", "none", False, "ifd_not_below_1", ifd, rifd)
+    return Choice("ori", "none", True, None, ifd, rifd)
+
+
+def _write(out_path: Path, out_fmt: str | None, mode: str, folder: Path, in_path: Path, in_fmt: str | None,
+           in_fields: Mapping[str, str] | None, choices: list[Choice], ids: list[str],
+           keep: set[int]) -> int:
+    from reflectune.io import DatasetWriter, read_samples
+
+    if not in_path.exists():
+        raise DataError("the original dataset is gone; select writes rows in its shape and needs it",
+                        path=str(in_path))
+    if mode == "variants":  # rows recycle rejected are in its rejects.jsonl already: pass over them
+        samples = read_samples(in_path, fields=in_fields, fmt=in_fmt, on_bad_record="skip",
+                               rejects=_Discard())  # type: ignore[arg-type]
+    else:
+        samples = read_samples(in_path, fields=in_fields, fmt=in_fmt)
+    with DatasetWriter(out_path, out_fmt, fields=in_fields) as writer:
+        if mode == "cherry":
+            for index, sample in enumerate(samples):
+                if index >= len(ids) or ids[index] != sample.id:
+                    raise DataError("scores.jsonl does not match the dataset (changed since scoring?): "
+                                    "rerun score", path=str(folder / SCORES_FILE))
+                if index in keep:
+                    _emit(writer, sample, sample.instruction, sample.input, sample.output, choices[index])
+            return writer.count
+        for index, (sample, variants) in enumerate(_align(samples, _read_jsonl(folder / VARIANTS_FILE))):
+            if index >= len(ids) or ids[index] != sample.id:
+                raise DataError("scores.jsonl does not match variants.jsonl (recycled again since "
+                                "scoring?): rerun score", path=str(folder / SCORES_FILE))
+            if index in keep:
+                choice = choices[index]
+                v = variants["variants"][choice.variant]
+                _emit(writer, sample, v["instruction"], v.get("input") or "", v["output"], choice)
+        return writer.count
+
+
+class _Discard:
+    """A rejects sink that keeps nothing (``read_samples`` wants one with ``skip``)."""
+
+    count = 0
+
+    def add(self, *args: Any) -> None:
+        pass
+
+
+def _emit(writer: Any, sample: Sample, instruction: str, input: str, output: str, choice: Choice) -> None:
+    writer.write(sample, instruction, input, output,
+                 {"ifd": choice.ifd, "rifd": choice.rifd, "variant": choice.variant,
+                  "outcome": choice.outcome})
+
+
+def _align(samples: Iterator[Sample], variants: Iterator[dict[str, Any]]
+           ) -> Iterator[tuple[Sample, dict[str, Any]]]:
+    """Pair variants lines with the input rows they came from (rows recycle skipped are passed over)."""
+    for record in variants:
+        for sample in samples:
+            if sample.id == str(record.get("id")):
+                yield sample, record
+                break
+        else:
+            raise DataError(f"sample '{record.get('id')}' of variants.jsonl is not in the original "
+                            "dataset (changed since recycle?)")
