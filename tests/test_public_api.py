@@ -27,6 +27,7 @@ def test_every_public_name_resolves() -> None:
 
 def test_importing_the_package_and_the_http_path_does_not_import_torch() -> None:
     code = ("import sys, reflectune, reflectune.recycle_run, reflectune.oracles.openai_http, "
-            "reflectune.cli; reflectune.recycle; print('torch' in sys.modules, 'transformers' in sys.modules)")
+            "reflectune.cli; reflectune.recycle; "
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
