@@ -20,7 +20,7 @@ from reflectune.scoring.batching import Tokenized, guess_instruction_prompt, que
 from reflectune.scoring.scorer import IFDScorer
 
 ALPACA = Path(__file__).resolve().parents[1].parent / "shared/data/alpaca_cherry5pct_3111.json"
-MAX_LENGTH = 256
+MAX_LENGTH = 128  # short, so 64 rows stay fast on 2 cores; still truncates 11 and empties 19 targets
 pytestmark = pytest.mark.slow
 
 
@@ -80,7 +80,8 @@ def _max_rel(refs, ours) -> float:
 
 def test_batched_fp32_equals_reference_on_64_real_rows(rows, fp32) -> None:
     model, tokenizer = fp32
-    sample = rows[:64]
+    sample = [r for r in rows if len(r["output"]) <= 200][:64]  # real rows, the shorter ones (speed)
+    assert sum(1 for r in sample if r["input"]) > 10
     scorer = IFDScorer(tokenizer, model, max_length=MAX_LENGTH, batch_tokens=4096)
     ours = scorer.score([(r["instruction"], r["input"], r["output"]) for r in sample])
     refs = [reference_scores(model, tokenizer, r, MAX_LENGTH) for r in sample]
@@ -194,9 +195,10 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_score_resumes_after_kill_without_rescoring(tmp_path: Path, rows) -> None:
-    data = [dict(r, id=f"row-{n}") for n, r in enumerate(rows[100:106])]
+    short = [r for r in rows if len(r["output"]) <= 150]
+    data = [dict(r, id=f"row-{n}") for n, r in enumerate(short[10:14])]
     run = make_run_folder(tmp_path / "run", data, tmp_path / "data.json")
-    args = ["score", str(run), "--max-length", "160", "--batch-tokens", "256", "--dtype", "float32", "-q"]
+    args = ["score", str(run), "--max-length", "128", "--batch-tokens", "256", "--dtype", "float32", "-q"]
     proc = subprocess.Popen([sys.executable, "-m", "reflectune", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=os.environ.copy())
     deadline = time.monotonic() + 300
@@ -215,7 +217,7 @@ def test_score_resumes_after_kill_without_rescoring(tmp_path: Path, rows) -> Non
     assert section["computed"] == _stored(run) - before > 0
     assert section["status"] == "done" and section["unavailable"] == 1
     lines = [json.loads(line) for line in (run / "scores.jsonl").read_text().splitlines()]
-    assert [line["id"] for line in lines] == [f"row-{n}" for n in range(6)]
+    assert [line["id"] for line in lines] == [f"row-{n}" for n in range(4)]
     assert lines[1]["variants"]["QA"] == {"status": "parse_failed"}
     assert set(lines[0]["variants"]["Q"]) >= {"a_direct", "a_condition", "q_direct", "q_condition", "ifd",
                                               "rifd", "ifd_loss_ratio", "rifd_loss_ratio"}

@@ -69,7 +69,8 @@ def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None
            top_k: str | int | TopK | None = None, below_one_filter: bool = True,
            metric: str = "ppl_ratio", student: str | None = None, template: str | None = None,
            max_length: int | None = None, batch_tokens: int = 8192, dtype: str | None = None,
-           device: str | None = None, run_dir: str | os.PathLike[str] | None = None,
+           device: str | None = None, threads: int | None = None,
+           run_dir: str | os.PathLike[str] | None = None,
            fields: Mapping[str, str] | None = None, fmt: str | None = None,
            output_format: str | None = None,
            progress: Callable[[ScoreProgress], None] | None = None) -> SelectSummary:
@@ -82,7 +83,7 @@ def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None
         top_k: ``"5%"``, ``"1000"`` or a ``TopK``: rank kept rows by IFD, higher first.
         below_one_filter: require IFD < 1 and r-IFD < 1 for kept pairs (reference behaviour).
         metric: ``ppl_ratio`` (default, exp(L_cond - L_direct)) or ``loss_ratio`` (L_cond / L_direct).
-        student, template, max_length, batch_tokens, dtype, device: scoring options; when the run
+        student, template, max_length, batch_tokens, dtype, device, threads: scoring options; when the run
             already has finished scores and none of these is given (or they match), the scores are
             reused as they are. Otherwise ``score()`` runs first (and resumes from the store).
         run_dir: Cherry mode's run folder (default ``runs/<stem>-<student>-score``).
@@ -117,7 +118,8 @@ def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None
     if _needs_scoring(folder, src, wanted):
         score(src, student=student or "embedded", template=template or "vicuna",
               max_length=max_length or 2048, batch_tokens=batch_tokens, dtype=dtype, device=device,
-              run_dir=None if mode == "variants" else folder, fields=fields, fmt=fmt, progress=progress)
+              threads=threads, run_dir=None if mode == "variants" else folder, fields=fields, fmt=fmt,
+              progress=progress)
     score_section = read_manifest(folder)["score"]
 
     if mode == "variants":

@@ -67,6 +67,8 @@ def score_command(
     dtype: str | None = typer.Option(None, help="bfloat16 (CPU default) | float16 | float32."),
     device: str | None = typer.Option(None, help="cpu | cuda | mps (default: auto)."),
     backend: str = typer.Option("hf", help="hf (transformers). vllm: not implemented yet."),
+    threads: int | None = typer.Option(None, help="CPU threads (default: one per core; fewer can be "
+                                       "faster on a busy shared machine)."),
     run_dir: Path | None = typer.Option(None, help="Run folder for a dataset source "
                                         "(default runs/<stem>-<student>-score)."),
     fields: str | None = typer.Option(None, help="Field mapping, e.g. instruction=prompt,output=completion."),
@@ -79,7 +81,8 @@ def score_command(
     with score_progress(console, quiet) as update:
         summary = score(source, student=student, template=template, max_length=max_length,
                         batch_tokens=batch_tokens, dtype=dtype, device=device, backend=backend,
-                        run_dir=run_dir, fields=parse_fields(fields) if fields else None, progress=update)
+                        threads=threads, run_dir=run_dir, fields=parse_fields(fields) if fields else None,
+                        progress=update)
     console.print(score_table(summary.manifest))
     console.print(f"scores: {summary.scores}\nrun:    {summary.run_dir}")
 

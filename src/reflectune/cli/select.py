@@ -48,6 +48,7 @@ def select_command(
     batch_tokens: int = typer.Option(8192, help="Padded tokens per forward pass when scoring."),
     dtype: str | None = typer.Option(None, help="Scoring dtype: bfloat16 (CPU default) | float32."),
     device: str | None = typer.Option(None, help="cpu | cuda | mps (default: auto)."),
+    threads: int | None = typer.Option(None, help="CPU threads when scoring (default: one per core)."),
     run_dir: Path | None = typer.Option(None, help="Cherry mode's run folder."),
     fields: str | None = typer.Option(None, help="Field mapping, e.g. instruction=prompt,output=completion."),
     output_format: str | None = typer.Option(None, help="json | jsonl | parquet | csv | hf_disk."),
@@ -62,7 +63,8 @@ def select_command(
     with score_progress(console, quiet) as update:
         summary = select(source, output, top_k=top_k or ifd_top_k, below_one_filter=below_one_filter,
                          metric=metric, student=student, template=template, max_length=max_length,
-                         batch_tokens=batch_tokens, dtype=dtype, device=device, run_dir=run_dir,
+                         batch_tokens=batch_tokens, dtype=dtype, device=device, threads=threads,
+                         run_dir=run_dir,
                          fields=parse_fields(fields) if fields else None, output_format=output_format,
                          progress=update)
     console.print(outcome_table(summary.manifest))

@@ -1,0 +1,11 @@
+"""Student scoring for Selective Reflection-Tuning: IFD and r-IFD per candidate (METHOD.md §5.1).
+
+``score()`` runs a student over a recycle run folder (or a plain dataset) and writes ``scores.jsonl``;
+``IFDScorer`` is the engine underneath, usable on its own. torch is imported only when a model runs,
+so importing this package is cheap.
+"""
+
+from reflectune.scoring.run import ScoreProgress, ScoreSummary, score
+from reflectune.scoring.scorer import CandidateScores, IFDScorer
+
+__all__ = ["CandidateScores", "IFDScorer", "ScoreProgress", "ScoreSummary", "score"]

@@ -147,7 +147,8 @@ def batch_losses(model: Any, batch: Sequence[Item], *, pad_id: int = 0, heads: H
                 hidden = body(input_ids=input_ids, attention_mask=attention, use_cache=True,
                               **{heads.cache_arg: heads.expanded(head, len(batch))}).last_hidden_state
             else:
-                hidden = body(input_ids=input_ids, attention_mask=attention, use_cache=False).last_hidden_state
+                hidden = body(input_ids=input_ids, attention_mask=attention,
+                              use_cache=False).last_hidden_state
             picked = hidden[row_index.to(device), col_index.to(device)]
             del hidden
             losses = torch.empty(len(targets), dtype=torch.float32, device=device)

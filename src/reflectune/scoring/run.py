@@ -142,6 +142,7 @@ def score(source: str | os.PathLike[str], *, student: str = "embedded", template
           max_length: int = 2048, batch_tokens: int = 8192, dtype: str | None = None,
           device: str | None = None, backend: str = "hf", run_dir: str | os.PathLike[str] | None = None,
           fields: Mapping[str, str] | None = None, fmt: str | None = None, chunk_size: int = 1024,
+          threads: int | None = None,
           progress: Callable[[ScoreProgress], None] | None = None) -> ScoreSummary:
     """Score IFD and r-IFD of every candidate with a student model (METHOD.md §5.1), resumably.
 
@@ -156,6 +157,8 @@ def score(source: str | os.PathLike[str], *, student: str = "embedded", template
         backend: ``hf`` (transformers); ``vllm`` is not implemented yet.
         fields, fmt: how to read a dataset source (as for ``read_samples``).
         chunk_size: samples tokenized and packed together (bigger packs tighter, holds more memory).
+        threads: CPU threads for torch (process-wide; default torch's, one per core). On a busy
+            shared machine fewer threads can be much faster (see docs/selection.md).
         progress: called after every batch with a ``ScoreProgress``.
 
     Returns:
@@ -182,8 +185,8 @@ def score(source: str | os.PathLike[str], *, student: str = "embedded", template
         raise ConfigError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
     if backend == "vllm":
         raise ConfigError("--backend vllm is not implemented yet; use the default hf backend")
-    if max_length < 2 or batch_tokens < 1 or chunk_size < 1:
-        raise ConfigError("max_length must be >= 2, batch_tokens and chunk_size >= 1")
+    if max_length < 2 or batch_tokens < 1 or chunk_size < 1 or (threads is not None and threads < 1):
+        raise ConfigError("max_length must be >= 2; batch_tokens, chunk_size and threads >= 1")
     if dtype not in (None, "auto", "bfloat16", "float16", "float32"):
         raise ConfigError(f"unknown dtype '{dtype}': choose bfloat16, float16 or float32")
     src = Path(source)
@@ -213,7 +216,8 @@ def score(source: str | os.PathLike[str], *, student: str = "embedded", template
     config = {"student": student, "fingerprint": fingerprint, "template": template,
               "max_length": max_length, "batch_tokens": batch_tokens, "dtype": chosen_dtype,
               "device": chosen_device, "backend": backend, "namespace": namespace, "mode": mode,
-              "source": str(src), "selection_metric": SELECTION_METRIC}
+              "threads": threads,
+              "source": str(src.resolve()), "selection_metric": SELECTION_METRIC}
     if mode == "cherry":
         from reflectune.io import detect_format
 
@@ -234,10 +238,19 @@ def score(source: str | os.PathLike[str], *, student: str = "embedded", template
             progress(ScoreProgress(done_samples + frac * chunk_mark["size"], total, stats.computed,
                                    stats.cached, stats.tokens, stats.tokens_per_s))
 
-        scorer = IFDScorer(tokenizer, load_model=lambda: load_causal_lm(
-            student, device=chosen_device, dtype=chosen_dtype)[0], template=template,
-            max_length=max_length, batch_tokens=batch_tokens, store=run.store, namespace=namespace,
-            on_batch=on_batch)
+        def load_model() -> Any:
+            if threads is not None:
+                import torch
+
+                torch.set_num_threads(threads)
+            return load_causal_lm(student, device=chosen_device, dtype=chosen_dtype)[0]
+
+        try:
+            scorer = IFDScorer(tokenizer, load_model=load_model, template=template, max_length=max_length,
+                               batch_tokens=batch_tokens, store=run.store, namespace=namespace,
+                               on_batch=on_batch)
+        except ValueError as exc:  # e.g. the chat template on a tokenizer that has none
+            raise ConfigError(f"{student}: {exc}") from None
         counts: Counter[str] = Counter()
         out_path = run.file(SCORES_FILE)
         tmp = out_path.with_name(out_path.name + f".tmp{os.getpid()}")
