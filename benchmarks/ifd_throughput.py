@@ -185,6 +185,8 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "-m", "reflectune", "score", str(DATA), "--student", "embedded",
                    "--run-dir", str(Path(tmp) / "run"), "-q"]
+        if args.threads:
+            command += ["--threads", str(args.threads)]
         load = load1()
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
@@ -193,6 +195,7 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"reflectune score failed:\n{done.stderr}")
         section = json.loads((Path(tmp) / "run" / "run.json").read_text())["score"]
     return {"rows": rows, "wall": wall, "load_start": load, "load_end": load1(),
+            "threads": args.threads or None,
             "section": {k: section[k] for k in ("samples", "candidates", "computed", "tokens",
                                                 "tokens_per_s", "compute_seconds", "seconds", "dtype",
                                                 "nan", "batches")}}
@@ -212,12 +215,13 @@ def render(data: dict[str, Any]) -> str:
              "Q_direct, Q_condition per row), vicuna template. The **baseline** reproduces the reference "
              "code (Cherry_LLM / Reflection_Tuning): one sample at a time, fp32, four forward passes per "
              "sample, `output_hidden_states=True`, full-vocabulary logits and transformers' loss. **Ours** "
-             "is `IFDScorer`: length-sorted batches under a padded-token budget, the LM head applied to "
-             "target positions only, fp32 cross-entropy. Both score the very same token sequences. "
-             "tokens/s = tokens of all scored sequences / wall seconds; CPU s = this process's CPU time "
-             "(both cores), less sensitive to the other jobs on this shared machine.", ""]
-    compare = data.get("compare")
-    if compare:
+             "is `IFDScorer`: length-sorted batches under a padded-token budget, the template's constant "
+             "opening computed once and shared, the LM head applied to target positions only, fp32 "
+             "cross-entropy. Both score the very same token sequences. tokens/s = tokens of all scored "
+             "sequences / wall seconds; CPU s = this process's CPU time (it includes OpenMP threads "
+             "spin-waiting for each other, so it is not a clean measure of work either).", ""]
+    for title, compare in sorted(data.get("runs", {}).items()):
+        parts += [f"### {title}", ""]
         base = compare["baseline"]
         bw = base["wall"]
         table = []
@@ -247,8 +251,9 @@ def render(data: dict[str, Any]) -> str:
                   f"({speed:.1f}× wall). fp32 batched agrees with the baseline within "
                   f"{fp32['diff']['loss']:.1e} relative (required 1e-3). bf16 drifts by up to "
                   f"{compare['bf16']['diff']['loss']:.1e} on the losses and "
-                  f"{compare['bf16']['diff']['ratio']:.1e} on the ratios.", "",
-                  "This CPU (AMD EPYC, AVX2) has no native bf16: torch emulates bf16 matrix products, "
+                  f"{compare['bf16']['diff']['ratio']:.1e} on the ratios.", ""]
+    if data.get("runs"):
+        parts += ["This CPU (AMD EPYC, AVX2) has no native bf16: torch emulates bf16 matrix products, "
                   "which is why bf16 is *slower* here and why `score` picks fp32 on such CPUs "
                   "(`--dtype bfloat16` forces it; CPUs with AVX512-BF16/AMX and GPUs get bf16).", ""]
     cli = data.get("cli")
@@ -256,7 +261,8 @@ def render(data: dict[str, Any]) -> str:
         s = cli["section"]
         parts += ["### All 3,111 rows through the CLI (Cherry mode)", "",
                   "`reflectune score ../shared/data/alpaca_cherry5pct_3111.json --student embedded` "
-                  "(fresh run folder, defaults: max_length 2048, batch 8,192 tokens):", "",
+                  + (f"`--threads {cli['threads']}` " if cli.get("threads") else "")
+                  + "(fresh run folder, defaults: max_length 2048, batch 8,192 tokens):", "",
                   markdown_table(["rows", "candidates", "computations", "tokens", "dtype", "wall s",
                                   "scoring tokens/s", "NaN candidates", "1-min load start / end"],
                                  [[f"{cli['rows']:,}", f"{s['candidates']:,}", f"{s['computed']:,}",
@@ -286,12 +292,19 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    data = previous_data()
+    new: dict[str, Any] = {}
     if not args.cli_only:
-        data["compare"] = run_compare(args)
+        compare = run_compare(args)
+        title = (f"{compare['threads']} torch thread{'s' if compare['threads'] > 1 else ''}"
+                 + (" (torch's default)" if not args.threads else ""))
+        new["runs"] = {title: compare}
     if args.cli or args.cli_only:
-        data["cli"] = run_cli(args)
-        print(f"CLI, all rows: {data['cli']['wall']:.0f} s", flush=True)
+        new["cli"] = run_cli(args)
+        print(f"CLI, all rows: {new['cli']['wall']:.0f} s", flush=True)
+    data = previous_data()  # read at the end: another run of this script may have written meanwhile
+    data.pop("compare", None)
+    data.setdefault("runs", {}).update(new.pop("runs", {}))
+    data.update(new)
     data["machine"] = machine_info(["torch", "transformers"])
     body = render(data)
     print(body)

@@ -78,7 +78,6 @@ def _max_rel(refs, ours) -> float:
     return worst
 
 
-@pytest.mark.xfail(reason="known bug: a NaN (None) score reaches a ratio; see closing note")
 def test_batched_fp32_equals_reference_on_64_real_rows(rows, fp32) -> None:
     model, tokenizer = fp32
     sample = [r for r in rows if len(r["output"]) <= 200][:64]  # real rows, the shorter ones (speed)
@@ -89,8 +88,9 @@ def test_batched_fp32_equals_reference_on_64_real_rows(rows, fp32) -> None:
     worst = _max_rel(refs, ours)
     print(f"fp32 batched vs reference: max relative difference {worst:.2e}")
     assert worst < 1e-3
-    # the ratios are the documented functions of the losses
-    s = ours[0]
+    # the ratios are the documented functions of the losses (on a row whose targets all survived)
+    assert any(s.q_condition is None for s in ours), "MAX_LENGTH should empty some targets"
+    s = next(s for s in ours if None not in (s.a_direct, s.a_condition, s.q_direct, s.q_condition))
     assert s.ifd == pytest.approx(math.exp(s.a_condition - s.a_direct))
     assert s.rifd_loss_ratio == pytest.approx(s.q_condition / s.q_direct)
     assert scorer.stats.batches > 1 and scorer.stats.computed > 64 * 3
@@ -102,7 +102,7 @@ def test_bf16_drift_is_small(rows, fp32) -> None:
 
     model32, tokenizer = fp32
     model16, _ = load_causal_lm("embedded", device="cpu", dtype="bfloat16")
-    sample = [(r["instruction"], r["input"], r["output"]) for r in rows[:4]]
+    sample = [(r["instruction"], r["input"], r["output"]) for r in rows if len(r["output"]) <= 200][:3]
     exact = IFDScorer(tokenizer, model32, max_length=128).score(sample)
     approx = IFDScorer(tokenizer, model16, max_length=128).score(sample)
     refs = [(e.a_direct, e.a_condition, e.q_direct, e.q_condition) for e in exact]
