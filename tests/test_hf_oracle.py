@@ -230,7 +230,7 @@ def test_models_command_lists_the_embedded_model(monkeypatch, tmp_path):
 
 
 def test_models_command_without_the_wheel(monkeypatch):
-    import reflectune.cli.models as models_cli
+    import reflectune.model_catalog as models_cli
     from reflectune.cli import app
 
     def missing():

@@ -96,6 +96,51 @@ def test_batched_fp32_equals_reference_on_64_real_rows(rows, fp32) -> None:
     assert scorer.stats.batches > 1 and scorer.stats.computed > 64 * 3
 
 
+def test_vllm_prompt_logprobs_give_the_transformers_losses(rows, fp32) -> None:
+    """The vLLM path's arithmetic, on CPU: per-position logprobs shaped as vLLM returns them (None at
+    position 0, a dict holding the actual token elsewhere) must give ``batch_losses``' numbers."""
+    import torch
+
+    from reflectune.scoring.losses import batch_losses
+    from reflectune.scoring.vllm_losses import losses_from_prompt_logprobs
+
+    model, tokenizer = fp32
+    tok = Tokenized(tokenizer, template="vicuna", max_length=MAX_LENGTH)
+    items = [item for r in rows[:3] for item in tok.candidate(r["instruction"], r["input"], r["output"])
+             .items.values() if item.n_counted > 0]
+    assert any(item.start == 0 for item in items) and any(item.start > 0 for item in items)
+    for item in items:
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([item.ids])).logits[0].float(), dim=-1)
+        prompt_logprobs = [None] + [{item.ids[j]: logp[j - 1, item.ids[j]].item(), 0: -9.0}
+                                    for j in range(1, len(item.ids))]
+        loss, n = losses_from_prompt_logprobs(item, prompt_logprobs)
+        [(expected, expected_n)] = batch_losses(model, [item])
+        assert n == expected_n and loss == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(ValueError, match="prompt logprobs"):
+        losses_from_prompt_logprobs(items[0], [None])
+
+
+@pytest.mark.skipif(not __import__("importlib.util").util.find_spec("vllm"), reason="needs vLLM and a GPU")
+def test_vllm_matches_transformers(rows, tmp_path: Path) -> None:
+    import torch
+
+    from reflectune.scoring.run import score
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps(rows[:32]), encoding="utf-8")
+    ours = {}
+    for backend in ("hf", "vllm"):
+        summary = score(data, backend=backend, dtype="float32", run_dir=tmp_path / backend)
+        ours[backend] = [json.loads(line)["variants"]["ori"] for line in summary.scores.open()]
+    for a, b in zip(ours["hf"], ours["vllm"], strict=True):
+        assert (a["ifd"] is None) == (b["ifd"] is None)
+        if a["ifd"] is not None:
+            assert b["ifd"] == pytest.approx(a["ifd"], rel=1e-2)
+
+
 def test_bf16_drift_is_small(rows, fp32) -> None:
     """bf16 is not exact; record how far it drifts (on a few rows: emulated bf16 is slow on AVX2)."""
     from reflectune.local_models import load_causal_lm

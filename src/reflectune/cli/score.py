@@ -64,9 +64,11 @@ def score_command(
     template: str = typer.Option("vicuna", help="Student prompt: vicuna | alpaca | wiz | chat."),
     max_length: int = typer.Option(2048, help="Tokens per sequence; the target is cut, never the prompt."),
     batch_tokens: int = typer.Option(8192, help="Padded tokens per forward pass."),
-    dtype: str | None = typer.Option(None, help="bfloat16 (CPU default) | float16 | float32."),
+    dtype: str | None = typer.Option(None, help="bfloat16 | float16 | float32 (default: bf16 on GPUs and on "
+                                                "CPUs with native bf16, else float32)."),
     device: str | None = typer.Option(None, help="cpu | cuda | mps (default: auto)."),
-    backend: str = typer.Option("hf", help="hf (transformers). vllm: not implemented yet."),
+    backend: str = typer.Option("hf", help="hf (transformers) | vllm (CUDA GPU, pip install "
+                                 "reflectune[vllm]; untested)."),
     threads: int | None = typer.Option(None, help="CPU threads (default: one per core; fewer can be "
                                        "faster on a busy shared machine)."),
     run_dir: Path | None = typer.Option(None, help="Run folder for a dataset source "

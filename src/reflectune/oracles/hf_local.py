@@ -13,8 +13,6 @@ torch and transformers are imported inside methods only.
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -27,6 +25,7 @@ from reflectune.local_models import (
     ModelSource,
     embedded_converted_dir,
     embedded_gguf_path,
+    import_torch,
     load_causal_lm,
     load_tokenizer,
     model_fingerprint,
@@ -49,7 +48,7 @@ class HFOracle:
         spec: ``"embedded"`` or ``"hf:PATH"`` (a model folder or a ``.gguf`` file).
         device: ``cpu``, ``cuda``, ``cuda:1``, ``mps``; default: the best available.
         dtype: ``bfloat16``, ``float16``, ``float32``; default: bf16 on GPU (fp16 without bf16)
-            and on CPUs with a native bf16 matmul, else fp32 (see ``_default_dtype``).
+            and on CPUs with a native bf16 matmul, else fp32 (``local_models.pick_dtype``).
         batch_size: most requests decoded together.
         context: override the model's context window (``max_position_embeddings``).
         num_threads: ``torch.set_num_threads`` for the process (default: torch's choice).
@@ -122,9 +121,8 @@ class HFOracle:
     def dtype(self) -> str:
         """The dtype the model runs in (resolving it picks the device, importing torch)."""
         if self._dtype is None or self._dtype == "auto":
-            _passive_openmp()
             self._device = pick_device(self._device)
-            self._dtype = _default_dtype(self._device)
+            self._dtype = pick_dtype(self._device, None)
         return self._dtype
 
     def fingerprint(self) -> str:
@@ -187,12 +185,9 @@ class HFOracle:
         if self._load_error is not None:
             raise self._load_error
         started = time.monotonic()
-        _passive_openmp()
         try:
             if self._num_threads:
-                import torch
-
-                torch.set_num_threads(self._num_threads)
+                import_torch().set_num_threads(self._num_threads)
             dtype = self.dtype  # picks the device too
             self._model, self._tokenizer = load_causal_lm(self._spec, device=self._device, dtype=dtype)
         except ReflectuneError as exc:
@@ -290,31 +285,6 @@ class EmbeddedOracle(HFOracle):
                               f"for another model use --oracle hf:PATH")
         return cls("embedded", device=device, dtype=dtype, batch_size=batch_size, context=context,
                    num_threads=num_threads)
-
-
-def _passive_openmp() -> None:
-    """Before torch's first import, let idle OpenMP threads sleep rather than spin (unless the
-    environment says otherwise). On a shared or busy CPU, a thread spinning at a barrier while its
-    partner waits for a core made decoding 4-10x slower here; sleeping costs a few percent at most
-    on an idle machine. Without effect once torch is imported."""
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def _default_dtype(device: str) -> str:
-    """``pick_dtype``, except on CPUs without a native bf16 matmul (AVX2 only, no AVX-512): there
-    torch runs bf16 GEMMs in a scalar fallback at a flat ~3 GFLOP/s whatever the batch, so bf16
-    makes batching useless, while fp32 scales to 10x that (benchmarks/RESULTS.md)."""
-    if device == "cpu":
-        import torch
-
-        try:
-            native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            native = True
-        if not native:
-            return "float32"
-    return pick_dtype(device, None)
 
 
 def _counting_tokenizer(source: ModelSource) -> Any:

@@ -79,29 +79,6 @@ def score_namespace(fingerprint: str, template: str, max_length: int, dtype: str
     return f"ifd:v{SCORING_VERSION}:{fingerprint}:{template}:{max_length}:{dtype}"
 
 
-def scoring_dtype(device: str, dtype: str | None = None) -> str:
-    """The dtype to score in: as asked, else bf16 where the hardware does bf16 math, else fp32.
-
-    Scoring is a prefill: compute-bound matrix products. On a CPU without native bf16 (AVX2 only,
-    no AVX512-BF16/AMX) torch's bf16 matmul is emulated and measured 7x slower than fp32 on the whole
-    model here (90x on a bare matmul), so fp32 is both faster and exact there. GPUs follow
-    ``pick_dtype`` (bf16, or fp16 without bf16 support).
-    """
-    from reflectune.local_models import pick_dtype
-
-    if dtype and dtype != "auto":
-        return dtype
-    if device == "cpu":
-        import torch
-
-        try:
-            native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            native = False
-        return "bfloat16" if native else "float32"
-    return pick_dtype(device, dtype)
-
-
 def _iter_variants(path: Path) -> Iterator[_Record]:
     with path.open(encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, 1):
@@ -154,7 +131,8 @@ def score(source: str | os.PathLike[str], *, student: str = "embedded", template
         max_length: tokens per sequence; the target is truncated, never the prompt.
         batch_tokens: padded tokens per forward pass.
         dtype, device: default bf16 on CPU, the GPU when there is one.
-        backend: ``hf`` (transformers); ``vllm`` is not implemented yet.
+        backend: ``hf`` (transformers) or ``vllm`` (prompt logprobs on a CUDA GPU; untested, see
+            ``scoring/vllm_losses.py``).
         fields, fmt: how to read a dataset source (as for ``read_samples``).
         chunk_size: samples tokenized and packed together (bigger packs tighter, holds more memory).
         threads: CPU threads for torch (process-wide; default torch's, one per core). On a busy
@@ -170,10 +148,12 @@ def score(source: str | os.PathLike[str], *, student: str = "embedded", template
         summary.scores  # runs/alpaca-embedded/scores.jsonl
     """
     from reflectune.local_models import (
+        import_torch,
         load_causal_lm,
         load_tokenizer,
         model_fingerprint,
         pick_device,
+        pick_dtype,
         resolve_model,
     )
     from reflectune.prompts.student import STUDENT_TEMPLATES
@@ -183,8 +163,6 @@ def score(source: str | os.PathLike[str], *, student: str = "embedded", template
         raise ConfigError(f"unknown template '{template}': choose one of {', '.join(STUDENT_TEMPLATES)}")
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
-    if backend == "vllm":
-        raise ConfigError("--backend vllm is not implemented yet; use the default hf backend")
     if max_length < 2 or batch_tokens < 1 or chunk_size < 1 or (threads is not None and threads < 1):
         raise ConfigError("max_length must be >= 2; batch_tokens, chunk_size and threads >= 1")
     if dtype not in (None, "auto", "bfloat16", "float16", "float32"):
@@ -210,8 +188,12 @@ def score(source: str | os.PathLike[str], *, student: str = "embedded", template
     model_source = resolve_model(student)
     fingerprint = model_fingerprint(model_source)
     chosen_device = pick_device(device)
-    chosen_dtype = scoring_dtype(chosen_device, dtype)
-    namespace = score_namespace(fingerprint, template, max_length, chosen_dtype)
+    chosen_dtype = pick_dtype(chosen_device, dtype)
+    if backend == "vllm" and not chosen_device.startswith("cuda"):
+        raise ConfigError(f"--backend vllm needs a CUDA GPU; the device here is {chosen_device}")
+    # vLLM's kernels give slightly different numbers: its results get their own namespace
+    namespace = score_namespace(fingerprint, template, max_length,
+                                chosen_dtype if backend == "hf" else f"{chosen_dtype}+{backend}")
     total = _count(records())
     config = {"student": student, "fingerprint": fingerprint, "template": template,
               "max_length": max_length, "batch_tokens": batch_tokens, "dtype": chosen_dtype,
@@ -240,15 +222,20 @@ def score(source: str | os.PathLike[str], *, student: str = "embedded", template
 
         def load_model() -> Any:
             if threads is not None:
-                import torch
-
-                torch.set_num_threads(threads)
+                import_torch().set_num_threads(threads)
             return load_causal_lm(student, device=chosen_device, dtype=chosen_dtype)[0]
 
+        compute = None
+        if backend == "vllm":
+            from reflectune.scoring.vllm_losses import VLLMLosses
+
+            if model_source.gguf_file:
+                raise ConfigError(f"{student}: --backend vllm takes a model folder, not a GGUF file")
+            compute = VLLMLosses(str(model_source.path), dtype=chosen_dtype, max_length=max_length)
         try:
             scorer = IFDScorer(tokenizer, load_model=load_model, template=template, max_length=max_length,
                                batch_tokens=batch_tokens, store=run.store, namespace=namespace,
-                               on_batch=on_batch)
+                               on_batch=on_batch, compute=compute)
         except ValueError as exc:  # e.g. the chat template on a tokenizer that has none
             raise ConfigError(f"{student}: {exc}") from None
         counts: Counter[str] = Counter()

@@ -126,6 +126,8 @@ class IFDScorer:
         batch_tokens: padded tokens per forward pass.
         store, namespace: where finished computations are committed and looked up (optional).
         on_batch: called with the running stats after each committed batch.
+        compute: computes a batch's ``[(mean_nll, n_counted), ...]`` instead of the transformers
+            model (the vLLM path, ``VLLMLosses``); then ``model`` and ``load_model`` are not needed.
 
     Example::
 
@@ -137,9 +139,10 @@ class IFDScorer:
     def __init__(self, tokenizer: Any, model: Any = None, *, load_model: Callable[[], Any] | None = None,
                  template: str = "vicuna", max_length: int = 2048, batch_tokens: int = 8192,
                  store: Store | None = None, namespace: str = "ifd",
-                 on_batch: BatchCallback | None = None) -> None:
-        if model is None and load_model is None:
-            raise ValueError("IFDScorer needs a model or a load_model callable")
+                 on_batch: BatchCallback | None = None,
+                 compute: Callable[[Sequence[Item]], list[tuple[float, int]]] | None = None) -> None:
+        if model is None and load_model is None and compute is None:
+            raise ValueError("IFDScorer needs a model, a load_model callable or a compute callable")
         if batch_tokens < 1:
             raise ValueError("batch_tokens must be positive")
         self.tokenizer = tokenizer
@@ -150,6 +153,7 @@ class IFDScorer:
         self.store = store
         self.namespace = namespace
         self.on_batch = on_batch
+        self._compute = compute
         self.stats = ScorerStats()
         self._heads: HeadCache | None = None
         pad = getattr(tokenizer, "pad_token_id", None)
@@ -197,10 +201,13 @@ class IFDScorer:
                 todo.append(item)
         self.stats.queued_tokens = sum(len(i) for i in todo)
         for batch in pack(todo, self.batch_tokens):
-            model = self._model()
             started = time.monotonic()
-            assert self._heads is not None
-            results = batch_losses(model, batch, pad_id=self.pad_id, heads=self._heads)
+            if self._compute is not None:
+                results = self._compute(batch)
+            else:
+                model = self._model()
+                started = time.monotonic()
+                results = batch_losses(model, batch, pad_id=self.pad_id, heads=self._heads)
             self.stats.compute_seconds += time.monotonic() - started
             rows = []
             for item, (loss, n) in zip(batch, results, strict=True):
@@ -213,10 +220,9 @@ class IFDScorer:
                 self.store.put_results(self.namespace, rows)
             self.stats.batches += 1
             self.stats.tokens += sum(len(i) for i in batch)
-            self.stats.model_tokens += sum(i.work for i in batch) if self._heads.enabled else (
-                sum(len(i) for i in batch))
-            self.stats.padded_tokens += len(batch) * max(i.work if self._heads.enabled else len(i)
-                                                         for i in batch)
+            shared = self._heads is not None and self._heads.enabled
+            self.stats.model_tokens += sum(i.work if shared else len(i) for i in batch)
+            self.stats.padded_tokens += len(batch) * max(i.work if shared else len(i) for i in batch)
             if self.on_batch is not None:
                 self.on_batch(self.stats)
         return values
