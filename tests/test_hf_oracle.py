@@ -204,6 +204,29 @@ def test_plan_trims_model_written_markers():
     assert plan.forced == [NEW_INSTRUCTION, END, NEW_ANSWER]
 
 
+def test_a_looping_section_is_closed_and_recorded():
+    plan = FormatPlan(ChatRequest((), max_tokens=400, sections=(NEW_ANSWER,)))
+    plan.feed("Fine.", 4, "stop")
+    segment = plan.next_segment()
+    assert segment.end_loops and not FormatPlan(ChatRequest((), max_tokens=9)).next_segment().end_loops
+    plan.feed("Mango is a fruit.", 90, "loop")  # the generator kept one copy of the loop
+    assert plan.next_segment() is None and plan.finish_reason == "stop"
+    assert plan.content.endswith("[New Answer]\nMango is a fruit.\n[End]")
+    assert plan.forced == [NEW_ANSWER, "[End]:loop"] and plan.completion_tokens == 94
+
+
+def test_loop_period_finds_verbatim_loops_only():
+    from reflectune.oracles.hf_batching import _loop_period
+
+    block = list(range(100, 110))
+    assert _loop_period([5, 6, *block * 3]) == (10, 3)  # three copies of a 10-token block
+    assert _loop_period([5, 6, *block * 2]) == (0, 0)
+    assert _loop_period([*range(50), *[7] * 24]) == (1, 24)  # short blocks need a 24-token span
+    assert _loop_period([*range(50), *[7] * 23]) == (0, 0)
+    assert _loop_period(list(range(300))) == (0, 0)
+    assert _loop_period([1, 2, 3] * 3) == (0, 0)
+
+
 def test_plain_plan_trims_stop_strings():
     plan = FormatPlan(ChatRequest((), max_tokens=5, stop=("###",)))
     plan.feed("Paris.###more", 5, "length")

@@ -28,11 +28,13 @@ __all__ = ["DEFAULT_CRITIQUE_TOKENS", "DEFAULT_MAX_TOKENS", "FormatPlan", "Segme
 @dataclass(frozen=True, slots=True)
 class Segment:
     """One generation step: continue the assistant turn from ``prefix`` for at most ``budget``
-    new tokens, ending early at EOS or at any of ``stops``."""
+    new tokens, ending early at EOS or at any of ``stops``; with ``end_loops`` also where the model
+    has fallen into a verbatim loop (greedy decoding never leaves one)."""
 
     prefix: str
     budget: int
     stops: tuple[str, ...]
+    end_loops: bool = False
 
 
 @dataclass(slots=True)
@@ -73,11 +75,13 @@ class FormatPlan:
             return Segment("", min(critique, self.left), (*sections, END))
         marker = sections[self._step - 1]
         head = self.content + "\n\n" if self.content else ""
-        return Segment(f"{head}{marker}\n", self.left, (END, *sections))
+        return Segment(f"{head}{marker}\n", self.left, (END, *sections), end_loops=True)
 
     def feed(self, text: str, tokens: int, ended: str) -> None:
         """Take the model's text for the current segment. ``ended`` is ``"eos"``, ``"stop"``
-        (a stop string was generated) or ``"length"`` (the budget ran out)."""
+        (a stop string was generated), ``"length"`` (the budget ran out) or ``"loop"`` (a section's
+        text began repeating itself verbatim; ``text`` keeps one copy, and ``[End]`` is forced,
+        recorded as ``[End]:loop``)."""
         self.completion_tokens += tokens
         segment = self.next_segment()
         assert segment is not None, "feed() after the plan finished"
@@ -100,7 +104,9 @@ class FormatPlan:
             self._done = True
             return
         self.content += "\n" + END
-        if not text[len(cut):].startswith(END):  # EOS, or the model began another marker
+        if ended == "loop" and not hit:
+            self.forced.append(f"{END}:loop")
+        elif not text[len(cut):].startswith(END):  # EOS, or the model began another marker
             self.forced.append(END)
         self._step += 1
         self._done = self._step > len(sections)

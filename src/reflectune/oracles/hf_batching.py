@@ -182,12 +182,14 @@ class Row:
     budget: int
     stops: tuple[str, ...] = ()
     abort: Callable[[], bool] | None = None  # polled every step: True ends the row at once
+    end_loops: bool = False  # end the row when its tokens start repeating verbatim (see _loop_period)
 
 
 @dataclass(frozen=True, slots=True)
 class RowResult:
     """Generated text (EOS excluded; stop strings included, the caller trims), tokens generated,
-    and why the row ended: ``"eos"``, ``"stop"`` or ``"length"``."""
+    and why the row ended: ``"eos"``, ``"stop"``, ``"length"`` or ``"loop"`` (the text keeps the
+    loop's first copy; ``tokens`` counts all that were generated)."""
 
     text: str
     tokens: int
@@ -203,6 +205,26 @@ class Sampling:
     seed: int | None = None
 
 
+LOOP_COPIES = 3        # a block seen this many times back to back is a loop...
+LOOP_MIN_SPAN = 24     # ...once the repeated span is this many tokens (short blocks need more copies)
+LOOP_MAX_PERIOD = 64   # longest block looked for, in tokens
+
+
+def _loop_period(ids: Sequence[int]) -> tuple[int, int]:
+    """``(period, copies)`` of a verbatim loop at the end of ``ids`` (its last ``period * copies``
+    tokens are one block repeated), or ``(0, 0)``. Greedy decoding that reaches such a state
+    repeats it to the budget, so generating further is pure waste."""
+    n = len(ids)
+    for p in range(1, LOOP_MAX_PERIOD + 1):
+        copies = max(LOOP_COPIES, -(-LOOP_MIN_SPAN // p))
+        span = p * copies
+        if span > n or ids[-1] != ids[-1 - p]:
+            continue
+        if all(ids[n - span + k] == ids[n - span + k + p] for k in range(span - p)):
+            return p, copies
+    return 0, 0
+
+
 class _RowStopper:
     """Per-row stopping criterion for ``generate``; called once per step with all ids so far."""
 
@@ -210,6 +232,7 @@ class _RowStopper:
         self.tokenizer, self.start, self.rows, self.eos_ids = tokenizer, start, rows, eos_ids
         self.end: list[int | None] = [None] * len(rows)
         self.reason: list[str] = ["length"] * len(rows)
+        self.loop: list[int] = [0] * len(rows)  # tokens to drop for rows ended by a loop
         self.generated: list[list[int]] = [[] for _ in rows]
         # a stop string of c characters spans at most c tokens (+1 for a partial byte)
         self.tail = [max((len(s) for s in row.stops), default=0) + 2 for row in rows]
@@ -229,6 +252,9 @@ class _RowStopper:
                 self.end[r], self.reason[r] = step, "stop"
             elif step >= row.budget or (row.abort is not None and row.abort()):
                 self.end[r], self.reason[r] = step, "length"
+            elif row.end_loops and (found := _loop_period(self.generated[r]))[0]:
+                self.end[r], self.reason[r] = step, "loop"
+                self.loop[r] = found[0] * (found[1] - 1)
         return torch.tensor([e is not None for e in self.end], dtype=torch.bool, device=input_ids.device)
 
     def _has_stop(self, r: int) -> bool:
@@ -278,7 +304,7 @@ def generate_rows(model: Any, tokenizer: Any, rows: Sequence[Row], sampling: Sam
     for b, i in enumerate(live):
         end = stopper.end[b] if stopper.end[b] is not None else len(generated[b])
         ended = stopper.reason[b]
-        ids = generated[b][:end]
+        ids = generated[b][:end - stopper.loop[b]]
         if ended == "eos":
             ids = ids[:-1]
         results[i] = RowResult(tokenizer.decode(ids, skip_special_tokens=True), end, ended)

@@ -245,7 +245,8 @@ class HFOracle:
         for job in batch:
             assert job.segment is not None
             rows.append(Row(job.ids, min(job.segment.budget, self.context - len(job.ids)),
-                            job.segment.stops, abort=lambda job=job: job.cancelled))
+                            job.segment.stops, abort=lambda job=job: job.cancelled,
+                            end_loops=job.segment.end_loops))
         first = min(batch, key=lambda job: job.seq).request
         try:
             results = generate_rows(self._model, self._tokenizer, rows,
