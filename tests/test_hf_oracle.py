@@ -215,6 +215,15 @@ def test_a_looping_section_is_closed_and_recorded():
     assert plan.forced == [NEW_ANSWER, "[End]:loop"] and plan.completion_tokens == 94
 
 
+def test_a_section_ends_where_the_model_replays_the_prompt():
+    plan = FormatPlan(ChatRequest((), max_tokens=400, sections=(BETTER_ANSWER,)))
+    plan.feed("Too short.", 4, "stop")
+    assert "[System]" in plan.next_segment().stops
+    plan.feed("Paris is the capital.\n\n[System]\nWe would like you to", 20, "stop")
+    assert plan.content.endswith("[Better Answer]\nParis is the capital.\n[End]")
+    assert plan.forced == [BETTER_ANSWER, END] and plan.next_segment() is None
+
+
 def test_loop_period_finds_verbatim_loops_only():
     from reflectune.oracles.hf_batching import _loop_period
 

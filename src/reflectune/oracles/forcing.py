@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from reflectune.prompts.markers import END
+from reflectune.prompts.markers import END, PROMPT_HEADERS
 from reflectune.types import ChatRequest
 
 DEFAULT_MAX_TOKENS = 512
@@ -72,10 +72,10 @@ class FormatPlan:
             return Segment("", self.left, tuple(s for s in self.request.stop if s))
         if self._step == 0:  # the critique: short, and cut where the model starts a section itself
             critique = self.request.critique_tokens or DEFAULT_CRITIQUE_TOKENS
-            return Segment("", min(critique, self.left), (*sections, END))
+            return Segment("", min(critique, self.left), (*sections, END, *PROMPT_HEADERS))
         marker = sections[self._step - 1]
         head = self.content + "\n\n" if self.content else ""
-        return Segment(f"{head}{marker}\n", self.left, (END, *sections), end_loops=True)
+        return Segment(f"{head}{marker}\n", self.left, (END, *sections, *PROMPT_HEADERS), end_loops=True)
 
     def feed(self, text: str, tokens: int, ended: str) -> None:
         """Take the model's text for the current segment. ``ended`` is ``"eos"``, ``"stop"``

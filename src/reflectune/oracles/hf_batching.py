@@ -212,7 +212,8 @@ LOOP_MAX_PERIOD = 64   # longest block looked for, in tokens
 
 def _loop_period(ids: Sequence[int]) -> tuple[int, int]:
     """``(period, copies)`` of a verbatim loop at the end of ``ids`` (its last ``period * copies``
-    tokens are one block repeated), or ``(0, 0)``. Greedy decoding that reaches such a state
+    tokens are one block repeated), or ``(0, 0)``. The stopper passes ids with every digit token
+    replaced by -1, so numbered repeats count too. Greedy decoding that reaches such a state
     repeats it to the budget, so generating further is pure waste."""
     n = len(ids)
     for p in range(1, LOOP_MAX_PERIOD + 1):
@@ -225,6 +226,20 @@ def _loop_period(ids: Sequence[int]) -> tuple[int, int]:
     return 0, 0
 
 
+_DIGIT_IDS: dict[int, frozenset[int]] = {}
+
+
+def _digit_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids of the tokens that are only digits (a leading space allowed), once per tokenizer: loop
+    detection treats them all alike, so "7. Explain why..." then "8. Explain why..." is a loop."""
+    key = id(tokenizer)
+    if key not in _DIGIT_IDS:
+        vocab = tokenizer.get_vocab()
+        _DIGIT_IDS[key] = frozenset(i for token, i in vocab.items()
+                                    if token.lstrip("Ġ▁ ").isdigit())
+    return _DIGIT_IDS[key]
+
+
 class _RowStopper:
     """Per-row stopping criterion for ``generate``; called once per step with all ids so far."""
 
@@ -233,6 +248,8 @@ class _RowStopper:
         self.end: list[int | None] = [None] * len(rows)
         self.reason: list[str] = ["length"] * len(rows)
         self.loop: list[int] = [0] * len(rows)  # tokens to drop for rows ended by a loop
+        self.digits = _digit_ids(tokenizer) if any(row.end_loops for row in rows) else frozenset()
+        self.shape: list[list[int]] = [[] for _ in rows]  # generated ids, every digit token as -1
         self.generated: list[list[int]] = [[] for _ in rows]
         # a stop string of c characters spans at most c tokens (+1 for a partial byte)
         self.tail = [max((len(s) for s in row.stops), default=0) + 2 for row in rows]
@@ -246,13 +263,15 @@ class _RowStopper:
             if self.end[r] is not None:
                 continue
             self.generated[r].append(last[r])
+            if row.end_loops:
+                self.shape[r].append(-1 if last[r] in self.digits else last[r])
             if last[r] in self.eos_ids:
                 self.end[r], self.reason[r] = step, "eos"
             elif row.stops and self._has_stop(r):
                 self.end[r], self.reason[r] = step, "stop"
             elif step >= row.budget or (row.abort is not None and row.abort()):
                 self.end[r], self.reason[r] = step, "length"
-            elif row.end_loops and (found := _loop_period(self.generated[r]))[0]:
+            elif row.end_loops and (found := _loop_period(self.shape[r]))[0]:
                 self.end[r], self.reason[r] = step, "loop"
                 self.loop[r] = found[0] * (found[1] - 1)
         return torch.tensor([e is not None for e in self.end], dtype=torch.bool, device=input_ids.device)
