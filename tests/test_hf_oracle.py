@@ -224,6 +224,23 @@ def test_a_section_ends_where_the_model_replays_the_prompt():
     assert plan.forced == [BETTER_ANSWER, END] and plan.next_segment() is None
 
 
+def test_a_forced_section_cannot_start_empty():
+    import torch
+
+    from reflectune.oracles.hf_batching import Row, _NoEmptySection
+
+    classes = {"blank": frozenset({5}), "bracket": frozenset({7}), "digits": frozenset()}
+    rows = [Row([1, 2], 9, end_loops=True), Row([1, 2], 9)]  # a forced section, a plain row
+    guard = _NoEmptySection(2, rows, {0}, classes)
+    scores = guard(torch.tensor([[1, 2], [1, 2]]), torch.zeros(2, 9))
+    assert scores[0, 0] == scores[0, 7] == -float("inf") and torch.isfinite(scores[0, 1:7]).all()
+    assert torch.isfinite(scores[1]).all()  # plain rows may end at once
+    scores = guard(torch.tensor([[1, 2, 5], [1, 2, 3]]), torch.zeros(2, 9))  # only a blank so far
+    assert scores[0, 0] == -float("inf")
+    scores = guard(torch.tensor([[1, 2, 5, 4], [1, 2, 3, 3]]), torch.zeros(2, 9))  # visible text
+    assert torch.isfinite(scores).all()
+
+
 def test_loop_period_finds_verbatim_loops_only():
     from reflectune.oracles.hf_batching import _loop_period
 

@@ -50,9 +50,9 @@ def demo_command(
     rows: int = typer.Option(20, help="How many of the 20 bundled rows to recycle."),
     oracle: str = typer.Option("embedded", help="Oracle spec (default: the embedded SmolLM2-135M)."),
     run_dir: Path = typer.Option(Path("runs/demo"), help="Run folder (rerunning resumes)."),
-    max_tokens: int = typer.Option(320, help="Completion budget per call."),
-    critique_tokens: int = typer.Option(48, help="Critique budget before the forced markers."),
-    batch_size: int = typer.Option(8, help="Requests per batch on the local model."),
+    max_tokens: int = typer.Option(192, help="Completion budget per call."),
+    critique_tokens: int = typer.Option(32, help="Critique budget before the forced markers."),
+    batch_size: int = typer.Option(16, help="Requests per batch on the local model."),
 ) -> None:
     """Recycle the bundled Alpaca sample with the embedded model: offline, no API key."""
     from reflectune.recycle_run import recycle

@@ -226,18 +226,51 @@ def _loop_period(ids: Sequence[int]) -> tuple[int, int]:
     return 0, 0
 
 
-_DIGIT_IDS: dict[int, frozenset[int]] = {}
+_VOCAB_CLASSES: dict[int, dict[str, frozenset[int]]] = {}
 
 
-def _digit_ids(tokenizer: Any) -> frozenset[int]:
-    """Ids of the tokens that are only digits (a leading space allowed), once per tokenizer: loop
-    detection treats them all alike, so "7. Explain why..." then "8. Explain why..." is a loop."""
+def _vocab_classes(tokenizer: Any) -> dict[str, frozenset[int]]:
+    """Token ids by kind, once per tokenizer: ``digits`` (only digits, a leading space allowed),
+    ``blank`` (only whitespace) and ``bracket`` (starting with "[", after any leading space)."""
     key = id(tokenizer)
-    if key not in _DIGIT_IDS:
+    if key not in _VOCAB_CLASSES:
         vocab = tokenizer.get_vocab()
-        _DIGIT_IDS[key] = frozenset(i for token, i in vocab.items()
-                                    if token.lstrip("Ġ▁ ").isdigit())
-    return _DIGIT_IDS[key]
+
+        def text(token: str) -> str:  # byte-level BPE writes a space as Ġ, a newline as Ċ
+            return token.replace("Ġ", " ").replace("Ċ", "\n").replace("▁", " ")
+
+        texts = {i: text(token) for token, i in vocab.items()}
+        _VOCAB_CLASSES[key] = {
+            "digits": frozenset(i for i, t in texts.items() if t.lstrip().isdigit()),
+            "blank": frozenset(i for i, t in texts.items() if t and not t.strip()),
+            "bracket": frozenset(i for i, t in texts.items() if t.lstrip().startswith("[")),
+        }
+    return _VOCAB_CLASSES[key]
+
+
+class _NoEmptySection:
+    """Logits processor: a forced section may not end (EOS) or open a bracket (``[End]``, another
+    marker, a placeholder such as ``[Your Answer]``) before it has any visible text. A 135M model
+    otherwise often closes a section at once, and the parser rightly rejects an empty one."""
+
+    def __init__(self, start: int, rows: Sequence[Row], eos_ids: set[int], classes: dict) -> None:
+        self.start, self.rows = start, rows
+        self.banned = sorted(set(eos_ids) | classes["bracket"])
+        self.blank = classes["blank"]
+        self.empty = [row.end_loops for row in rows]  # only forced sections are guarded
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if input_ids.shape[1] > self.start:
+            last = input_ids[:, -1].tolist()
+            for r, empty in enumerate(self.empty):
+                if empty and last[r] not in self.blank:
+                    self.empty[r] = False
+        rows = [r for r, empty in enumerate(self.empty) if empty]
+        if rows:
+            guarded = scores[rows]
+            guarded[:, self.banned] = -float("inf")
+            scores[rows] = guarded
+        return scores
 
 
 class _RowStopper:
@@ -248,7 +281,8 @@ class _RowStopper:
         self.end: list[int | None] = [None] * len(rows)
         self.reason: list[str] = ["length"] * len(rows)
         self.loop: list[int] = [0] * len(rows)  # tokens to drop for rows ended by a loop
-        self.digits = _digit_ids(tokenizer) if any(row.end_loops for row in rows) else frozenset()
+        self.digits = (_vocab_classes(tokenizer)["digits"] if any(row.end_loops for row in rows)
+                       else frozenset())
         self.shape: list[list[int]] = [[] for _ in rows]  # generated ids, every digit token as -1
         self.generated: list[list[int]] = [[] for _ in rows]
         # a stop string of c characters spans at most c tokens (+1 for a partial byte)
@@ -291,7 +325,7 @@ def generate_rows(model: Any, tokenizer: Any, rows: Sequence[Row], sampling: Sam
                                  eos_ids={tok.eos_token_id}, pad_id=tok.pad_token_id)
     """
     import torch
-    from transformers import GenerationConfig, StoppingCriteriaList
+    from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
     results: list[RowResult] = [RowResult("", 0, "length")] * len(rows)
     live = [i for i, row in enumerate(rows) if row.budget > 0]
@@ -308,6 +342,8 @@ def generate_rows(model: Any, tokenizer: Any, rows: Sequence[Row], sampling: Sam
         mask[b, width - len(row.ids):] = 1
     # 2. one generate; the stopper ends each row on its own terms
     stopper = _RowStopper(tokenizer, width, batch, eos_ids)
+    guards = ([_NoEmptySection(width, batch, eos_ids, _vocab_classes(tokenizer))]
+              if any(row.end_loops for row in batch) else [])
     sample = sampling.temperature > 0
     config = GenerationConfig(
         max_new_tokens=max(row.budget for row in batch), do_sample=sample, num_beams=1,
@@ -317,7 +353,8 @@ def generate_rows(model: Any, tokenizer: Any, rows: Sequence[Row], sampling: Sam
         torch.manual_seed(sampling.seed)
     with torch.inference_mode():
         out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                             generation_config=config, stopping_criteria=StoppingCriteriaList([stopper]))
+                             generation_config=config, stopping_criteria=StoppingCriteriaList([stopper]),
+                             logits_processor=LogitsProcessorList(guards))
     # 3. (B, L + T) -> each row's own tokens, up to where the stopper ended it
     generated = out[:, width:].tolist()
     for b, i in enumerate(live):
