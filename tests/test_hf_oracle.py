@@ -241,6 +241,31 @@ def test_a_forced_section_cannot_start_empty():
     assert torch.isfinite(scores).all()
 
 
+def test_stopper_ends_a_loop_that_varies_only_in_spacing_and_numbers():
+    import torch
+
+    from reflectune.local_models import load_tokenizer, resolve_model
+    from reflectune.oracles.hf_batching import Row, _RowStopper
+
+    tok = load_tokenizer(resolve_model("embedded"))
+    text = "Fine start.\n1. The answer is not good for the task at all." + "".join(
+        f"{sep}{n}. The answer is not good for the task at all." for n, sep in
+        ((2, "\n\n"), (3, " "), (4, "\n"), (5, " ")))
+    ids = tok(text, add_special_tokens=False).input_ids
+    for end_loops in (True, False):
+        stopper = _RowStopper(tok, 1, [Row([0], 500, end_loops=end_loops)], set())
+        for k in range(len(ids)):
+            done = stopper(torch.tensor([[0, *ids[:k + 1]]]), None)
+            if done[0]:
+                break
+        if not end_loops:
+            assert stopper.reason == ["length"]  # plain rows are never cut for looping
+            continue
+        assert stopper.reason == ["loop"] and k < len(ids) - 1, "the loop should end generation"
+        kept = tok.decode(stopper.generated[0][:stopper.loop[0]])
+        assert kept.startswith("Fine start.") and kept.count("The answer is not good") == 1, kept
+
+
 def test_loop_period_finds_verbatim_loops_only():
     from reflectune.oracles.hf_batching import _loop_period
 

@@ -212,8 +212,8 @@ LOOP_MAX_PERIOD = 64   # longest block looked for, in tokens
 
 def _loop_period(ids: Sequence[int]) -> tuple[int, int]:
     """``(period, copies)`` of a verbatim loop at the end of ``ids`` (its last ``period * copies``
-    tokens are one block repeated), or ``(0, 0)``. The stopper passes ids with every digit token
-    replaced by -1, so numbered repeats count too. Greedy decoding that reaches such a state
+    tokens are one block repeated), or ``(0, 0)``. The stopper passes token shapes (see
+    ``_vocab_classes``), so repeats that differ in spacing or numbering count too. Greedy decoding that reaches such a state
     repeats it to the budget, so generating further is pure waste."""
     n = len(ids)
     for p in range(1, LOOP_MAX_PERIOD + 1):
@@ -230,8 +230,10 @@ _VOCAB_CLASSES: dict[int, dict[str, frozenset[int]]] = {}
 
 
 def _vocab_classes(tokenizer: Any) -> dict[str, frozenset[int]]:
-    """Token ids by kind, once per tokenizer: ``digits`` (only digits, a leading space allowed),
-    ``blank`` (only whitespace) and ``bracket`` (starting with "[", after any leading space)."""
+    """Token ids by kind, once per tokenizer: ``blank`` (only whitespace), ``bracket`` (starting
+    with "[", after any leading space), and ``shape``: each token's text without surrounding
+    whitespace, as a small int, all digit-only tokens as -1. Loop detection compares shapes, so
+    copies that differ only in spacing, line breaks or numbering still count as one block."""
     key = id(tokenizer)
     if key not in _VOCAB_CLASSES:
         vocab = tokenizer.get_vocab()
@@ -240,8 +242,11 @@ def _vocab_classes(tokenizer: Any) -> dict[str, frozenset[int]]:
             return token.replace("Ġ", " ").replace("Ċ", "\n").replace("▁", " ")
 
         texts = {i: text(token) for token, i in vocab.items()}
+        words: dict[str, int] = {}
+        shape = {i: -1 if t.strip().isdigit() else words.setdefault(t.strip(), len(words))
+                 for i, t in texts.items() if t.strip()}
         _VOCAB_CLASSES[key] = {
-            "digits": frozenset(i for i, t in texts.items() if t.lstrip().isdigit()),
+            "shape": shape,  # type: ignore[dict-item]
             "blank": frozenset(i for i, t in texts.items() if t and not t.strip()),
             "bracket": frozenset(i for i, t in texts.items() if t.lstrip().startswith("[")),
         }
@@ -280,10 +285,11 @@ class _RowStopper:
         self.tokenizer, self.start, self.rows, self.eos_ids = tokenizer, start, rows, eos_ids
         self.end: list[int | None] = [None] * len(rows)
         self.reason: list[str] = ["length"] * len(rows)
-        self.loop: list[int] = [0] * len(rows)  # tokens to drop for rows ended by a loop
-        self.digits = (_vocab_classes(tokenizer)["digits"] if any(row.end_loops for row in rows)
-                       else frozenset())
-        self.shape: list[list[int]] = [[] for _ in rows]  # generated ids, every digit token as -1
+        self.loop: list[int] = [0] * len(rows)  # where to cut rows ended by a loop (token count)
+        self.shapes: dict[int, int] = (_vocab_classes(tokenizer)["shape"]  # type: ignore[assignment]
+                                       if any(row.end_loops for row in rows) else {})
+        self.shape: list[list[int]] = [[] for _ in rows]  # shapes of the visible tokens so far
+        self.where: list[list[int]] = [[] for _ in rows]  # ... and their positions in ``generated``
         self.generated: list[list[int]] = [[] for _ in rows]
         # a stop string of c characters spans at most c tokens (+1 for a partial byte)
         self.tail = [max((len(s) for s in row.stops), default=0) + 2 for row in rows]
@@ -297,8 +303,9 @@ class _RowStopper:
             if self.end[r] is not None:
                 continue
             self.generated[r].append(last[r])
-            if row.end_loops:
-                self.shape[r].append(-1 if last[r] in self.digits else last[r])
+            if row.end_loops and last[r] in self.shapes:  # blank tokens are skipped
+                self.shape[r].append(self.shapes[last[r]])
+                self.where[r].append(len(self.generated[r]) - 1)
             if last[r] in self.eos_ids:
                 self.end[r], self.reason[r] = step, "eos"
             elif row.stops and self._has_stop(r):
@@ -307,7 +314,8 @@ class _RowStopper:
                 self.end[r], self.reason[r] = step, "length"
             elif row.end_loops and (found := _loop_period(self.shape[r]))[0]:
                 self.end[r], self.reason[r] = step, "loop"
-                self.loop[r] = found[0] * (found[1] - 1)
+                period, copies = found
+                self.loop[r] = self.where[r][len(self.shape[r]) - period * (copies - 1)]
         return torch.tensor([e is not None for e in self.end], dtype=torch.bool, device=input_ids.device)
 
     def _has_stop(self, r: int) -> bool:
@@ -360,7 +368,7 @@ def generate_rows(model: Any, tokenizer: Any, rows: Sequence[Row], sampling: Sam
     for b, i in enumerate(live):
         end = stopper.end[b] if stopper.end[b] is not None else len(generated[b])
         ended = stopper.reason[b]
-        ids = generated[b][:end - stopper.loop[b]]
+        ids = generated[b][:stopper.loop[b] if ended == "loop" else end]
         if ended == "eos":
             ids = ids[:-1]
         results[i] = RowResult(tokenizer.decode(ids, skip_special_tokens=True), end, ended)
