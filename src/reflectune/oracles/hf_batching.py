@@ -213,8 +213,8 @@ LOOP_MAX_PERIOD = 64   # longest block looked for, in tokens
 def _loop_period(ids: Sequence[int]) -> tuple[int, int]:
     """``(period, copies)`` of a verbatim loop at the end of ``ids`` (its last ``period * copies``
     tokens are one block repeated), or ``(0, 0)``. The stopper passes token shapes (see
-    ``_vocab_classes``), so repeats that differ in spacing or numbering count too. Greedy decoding that reaches such a state
-    repeats it to the budget, so generating further is pure waste."""
+    ``_vocab_classes``), so repeats that differ in spacing or numbering count too. Greedy decoding
+    that reaches such a state repeats it to the budget, so generating further is pure waste."""
     n = len(ids)
     for p in range(1, LOOP_MAX_PERIOD + 1):
         copies = max(LOOP_COPIES, -(-LOOP_MIN_SPAN // p))
