@@ -272,6 +272,9 @@ def test_loop_period_finds_verbatim_loops_only():
     block = list(range(100, 110))
     assert _loop_period([5, 6, *block * 3]) == (10, 3)  # three copies of a 10-token block
     assert _loop_period([5, 6, *block * 2]) == (0, 0)
+    sentence = list(range(200, 240))
+    assert _loop_period([5, *sentence * 2]) == (40, 2)  # a 40-token sentence twice is enough
+    assert _loop_period([5, *sentence, *sentence[:-1]]) == (0, 0)
     assert _loop_period([*range(50), *[7] * 24]) == (1, 24)  # short blocks need a 24-token span
     assert _loop_period([*range(50), *[7] * 23]) == (0, 0)
     assert _loop_period(list(range(300))) == (0, 0)

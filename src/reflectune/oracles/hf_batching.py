@@ -205,9 +205,10 @@ class Sampling:
     seed: int | None = None
 
 
-LOOP_COPIES = 3        # a block seen this many times back to back is a loop...
-LOOP_MIN_SPAN = 24     # ...once the repeated span is this many tokens (short blocks need more copies)
-LOOP_MAX_PERIOD = 64   # longest block looked for, in tokens
+LOOP_COPIES = 2        # a block seen this many times back to back is a loop...
+LOOP_MIN_SPAN = 24     # ...once the repeated span is this many tokens (short blocks need more copies:
+#                        a sentence of 12+ tokens twice, a 8-token phrase three times, a word 24 times)
+LOOP_MAX_PERIOD = 96   # longest block looked for, in tokens
 
 
 def _loop_period(ids: Sequence[int]) -> tuple[int, int]:
