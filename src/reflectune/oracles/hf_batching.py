@@ -227,10 +227,10 @@ def _loop_period(ids: Sequence[int]) -> tuple[int, int]:
     return 0, 0
 
 
-_VOCAB_CLASSES: dict[int, dict[str, frozenset[int]]] = {}
+_VOCAB_CLASSES: dict[int, dict[str, Any]] = {}
 
 
-def _vocab_classes(tokenizer: Any) -> dict[str, frozenset[int]]:
+def _vocab_classes(tokenizer: Any) -> dict[str, Any]:
     """Token ids by kind, once per tokenizer: ``blank`` (only whitespace), ``bracket`` (starting
     with "[", after any leading space), and ``shape``: each token's text without surrounding
     whitespace, as a small int, all digit-only tokens as -1. Loop detection compares shapes, so
@@ -247,7 +247,7 @@ def _vocab_classes(tokenizer: Any) -> dict[str, frozenset[int]]:
         shape = {i: -1 if t.strip().isdigit() else words.setdefault(t.strip(), len(words))
                  for i, t in texts.items() if t.strip()}
         _VOCAB_CLASSES[key] = {
-            "shape": shape,  # type: ignore[dict-item]
+            "shape": shape,
             "blank": frozenset(i for i, t in texts.items() if t and not t.strip()),
             "bracket": frozenset(i for i, t in texts.items() if t.lstrip().startswith("[")),
         }
@@ -259,7 +259,7 @@ class _NoEmptySection:
     marker, a placeholder such as ``[Your Answer]``) before it has any visible text. A 135M model
     otherwise often closes a section at once, and the parser rightly rejects an empty one."""
 
-    def __init__(self, start: int, rows: Sequence[Row], eos_ids: set[int], classes: dict) -> None:
+    def __init__(self, start: int, rows: Sequence[Row], eos_ids: set[int], classes: dict[str, Any]) -> None:
         self.start, self.rows = start, rows
         self.banned = sorted(set(eos_ids) | classes["bracket"])
         self.blank = classes["blank"]
@@ -287,7 +287,7 @@ class _RowStopper:
         self.end: list[int | None] = [None] * len(rows)
         self.reason: list[str] = ["length"] * len(rows)
         self.loop: list[int] = [0] * len(rows)  # where to cut rows ended by a loop (token count)
-        self.shapes: dict[int, int] = (_vocab_classes(tokenizer)["shape"]  # type: ignore[assignment]
+        self.shapes: dict[int, int] = (_vocab_classes(tokenizer)["shape"]
                                        if any(row.end_loops for row in rows) else {})
         self.shape: list[list[int]] = [[] for _ in rows]  # shapes of the visible tokens so far
         self.where: list[list[int]] = [[] for _ in rows]  # ... and their positions in ``generated``

@@ -201,11 +201,11 @@ class IFDScorer:
                 todo.append(item)
         self.stats.queued_tokens = sum(len(i) for i in todo)
         for batch in pack(todo, self.batch_tokens):
-            started = time.monotonic()
             if self._compute is not None:
+                started = time.monotonic()
                 results = self._compute(batch)
             else:
-                model = self._model()
+                model = self._model()  # loading is timed apart, in load_seconds
                 started = time.monotonic()
                 results = batch_losses(model, batch, pad_id=self.pad_id, heads=self._heads)
             self.stats.compute_seconds += time.monotonic() - started
