@@ -217,9 +217,9 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
         section = json.loads((Path(tmp) / "run" / "run.json").read_text())["score"]
     return {"rows": rows, "wall": wall, "load_start": load, "load_end": load1(),
             "threads": args.threads or None,
-            "section": {k: section[k] for k in ("samples", "candidates", "computed", "tokens",
-                                                "tokens_per_s", "compute_seconds", "seconds", "dtype",
-                                                "nan", "batches")}}
+            "section": {k: section.get(k) for k in ("samples", "candidates", "computed", "tokens",
+                                                    "tokens_per_s", "compute_seconds", "seconds", "dtype",
+                                                    "nan", "batches", "rifd")}}
 
 
 def previous_data() -> dict[str, Any]:
@@ -303,7 +303,10 @@ def render(data: dict[str, Any]) -> str:
         parts += ["### All 3,111 rows through the CLI (Cherry mode)", "",
                   "`reflectune score ../shared/data/alpaca_cherry5pct_3111.json --student embedded` "
                   + (f"`--threads {cli['threads']}` " if cli.get("threads") else "")
-                  + "(fresh run folder, defaults: max_length 2048, batch 8,192 tokens):", "",
+                  + "(fresh run folder, defaults: max_length 2048, batch 8,192 tokens"
+                  + ("; IFD only, the default for a dataset: A_direct and A_condition per row, what "
+                     "`select --ifd-top-k` ranks by" if s.get("rifd") is False else "; IFD and r-IFD")
+                  + "):", "",
                   markdown_table(["rows", "candidates", "computations", "tokens", "dtype", "wall s",
                                   "scoring tokens/s", "NaN candidates", "1-min load start / end"],
                                  [[f"{cli['rows']:,}", f"{s['candidates']:,}", f"{s['computed']:,}",

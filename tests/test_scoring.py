@@ -197,6 +197,12 @@ def test_identical_computations_run_once(fp32) -> None:
     assert scorer.stats.computed == 7  # ori and A share Q_direct; the repeated ori costs nothing
     assert a == c and a.q_direct == b.q_direct
 
+    alone = IFDScorer(tokenizer, model, max_length=128)
+    only = alone.score([ori, better], rifd=False)
+    assert alone.stats.computed == 4  # A_direct and A_condition of each, nothing for r-IFD
+    assert [s.ifd for s in only] == [a.ifd, b.ifd] and not only[0].has_nan
+    assert only[0].rifd is None and "rifd" not in only[0].to_json() and "q_direct" not in only[0].to_json()
+
 
 # -- run folders, resume, CLI -------------------------------------------------------------------------
 def make_run_folder(path: Path, rows: list[dict[str, str]], data_file: Path) -> Path:
@@ -303,8 +309,20 @@ def test_cherry_mode_cli(tmp_path: Path, rows) -> None:
     assert scored.exit_code == 0, scored.output
     section = json.loads((tmp_path / "r" / "run.json").read_text())["score"]
     assert section["mode"] == "cherry" and section["samples"] == 7 and section["nan"]["ifd"] == 1
+    assert section["rifd"] is False and section["computed"] == 2 * 6  # the empty output: nothing to run
     lines = [json.loads(x) for x in (tmp_path / "r" / "scores.jsonl").read_text().splitlines()]
     assert all(set(line["variants"]) == {"ori"} for line in lines)
+    assert "rifd" not in lines[0]["variants"]["ori"] and lines[0]["variants"]["ori"]["ifd"] > 0
+
+    # asking for r-IFD later computes only the r-IFD items; the IFD ones come from the store
+    both = runner.invoke(app, ["score", str(data), "--run-dir", str(tmp_path / "r"), "--max-length", "128",
+                               "--dtype", "float32", "--rifd", "-q"])
+    assert both.exit_code == 0, both.output
+    again = json.loads((tmp_path / "r" / "run.json").read_text())["score"]
+    assert again["rifd"] is True and again["cached"] == section["computed"] and 0 < again["computed"] <= 2 * 7
+    full = [json.loads(x) for x in (tmp_path / "r" / "scores.jsonl").read_text().splitlines()]
+    assert [f["variants"]["ori"]["ifd"] for f in full] == [line["variants"]["ori"]["ifd"] for line in lines]
+    assert any((f["variants"]["ori"]["rifd"] or 0) > 0 for f in full)
 
     out = tmp_path / "top.json"
     picked = runner.invoke(app, ["select", str(data), "--run-dir", str(tmp_path / "r"), "--ifd-top-k", "2",
@@ -326,4 +344,7 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
     data.write_text(json.dumps([{"instruction": "a", "input": "", "output": "b"}]), encoding="utf-8")
     assert main(["score", str(data), "--template", "nope"]) == 2
     assert main(["score", str(data), "--backend", "vllm"]) == 2
+    run = make_run_folder(tmp_path / "run", [{"instruction": "a", "input": "", "output": "b"}],
+                          tmp_path / "d2.json")
+    assert main(["score", str(run), "--no-rifd"]) == 2
     assert main(["select", str(data), "--top-k", "0.5"]) == 2

@@ -50,8 +50,9 @@ def score_table(manifest: dict[str, Any]) -> Table:
         table.add_row("failed variants (not scored)", f"{manifest['unavailable']:,}")
     table.add_row("computations run / from store", f"{manifest['computed']:,} / {manifest['cached']:,}")
     nan = manifest["nan"]
+    rifd = f"r-IFD {nan['rifd']:,}" if manifest.get("rifd", True) else "r-IFD not computed"
     table.add_row("NaN (no target token left)", f"{nan['candidates']:,} candidates "
-                  f"(IFD {nan['ifd']:,}, r-IFD {nan['rifd']:,})")
+                  f"(IFD {nan['ifd']:,}, {rifd})")
     table.add_row("tokens / tokens per s", f"{manifest['tokens']:,} / {manifest['tokens_per_s']:,.0f}")
     table.add_row("wall time", f"{manifest['seconds']:.1f} s")
     return table
@@ -71,6 +72,8 @@ def score_command(
                                  "reflectune[vllm]; untested)."),
     threads: int | None = typer.Option(None, help="CPU threads (default: one per core; fewer can be "
                                        "faster on a busy shared machine)."),
+    rifd: bool | None = typer.Option(None, "--rifd/--no-rifd", help="Also compute r-IFD (default: yes for a "
+                                     "run folder; no for a dataset, ranked by IFD alone: half the work)."),
     run_dir: Path | None = typer.Option(None, help="Run folder for a dataset source "
                                         "(default runs/<stem>-<student>-score)."),
     fields: str | None = typer.Option(None, help="Field mapping, e.g. instruction=prompt,output=completion."),
@@ -83,7 +86,8 @@ def score_command(
     with score_progress(console, quiet) as update:
         summary = score(source, student=student, template=template, max_length=max_length,
                         batch_tokens=batch_tokens, dtype=dtype, device=device, backend=backend,
-                        threads=threads, run_dir=run_dir, fields=parse_fields(fields) if fields else None,
+                        threads=threads, rifd=rifd, run_dir=run_dir,
+                        fields=parse_fields(fields) if fields else None,
                         progress=update)
     console.print(score_table(summary.manifest))
     console.print(f"scores: {summary.scores}\nrun:    {summary.run_dir}")

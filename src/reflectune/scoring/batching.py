@@ -34,6 +34,8 @@ GUESS_FOOTER = "Generate the instruction for the above response."
 
 #: the four statistics of one candidate, in the order they are stored.
 STATS = ("a_direct", "a_condition", "q_direct", "q_condition")
+#: the two that IFD alone needs (Cherry LLM mode ranks by IFD only).
+IFD_STATS = STATS[:2]
 
 
 def guess_instruction_prompt(response: str) -> str:
@@ -76,7 +78,7 @@ class Item:
 
 @dataclass(frozen=True, slots=True)
 class CandidateItems:
-    """The four computations of one candidate, by statistic name (``STATS``)."""
+    """The computations of one candidate, by statistic name (``STATS``, or ``IFD_STATS`` alone)."""
 
     items: dict[str, Item]
 
@@ -171,18 +173,21 @@ class Tokenized:
                       len(direct_context))
         return conditioned, direct
 
-    def candidate(self, instruction: str, input: str, output: str) -> CandidateItems:
-        """The four items of one (instruction, input, output) candidate."""
+    def candidate(self, instruction: str, input: str, output: str, *, rifd: bool = True) -> CandidateItems:
+        """The items of one (instruction, input, output) candidate: all four, or IFD's two."""
         a_condition, a_direct = self.pair(self.prompt(instruction, input), output)
-        q_condition, q_direct = self.pair(self.prompt(guess_instruction_prompt(output)),
-                                          question_text(instruction, input))
-        return CandidateItems({"a_direct": a_direct, "a_condition": a_condition,
-                               "q_direct": q_direct, "q_condition": q_condition})
+        items = {"a_direct": a_direct, "a_condition": a_condition}
+        if rifd:
+            items["q_condition"], items["q_direct"] = self.pair(
+                self.prompt(guess_instruction_prompt(output)), question_text(instruction, input))
+        return CandidateItems(items)
 
-    def texts_of(self, instruction: str, input: str, output: str) -> list[str]:
+    def texts_of(self, instruction: str, input: str, output: str, *, rifd: bool = True) -> list[str]:
         """Every text ``candidate`` will tokenize, for one batched ``encode_all`` per chunk."""
-        return [self.prompt(instruction, input), output,
-                self.prompt(guess_instruction_prompt(output)), question_text(instruction, input)]
+        texts = [self.prompt(instruction, input), output]
+        if rifd:
+            texts += [self.prompt(guess_instruction_prompt(output)), question_text(instruction, input)]
+        return texts
 
 
 #: a batch closes when the next item is shorter than this share of the batch's longest: padding

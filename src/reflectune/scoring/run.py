@@ -119,7 +119,7 @@ def score(source: str | os.PathLike[str], *, student: str = "embedded", template
           max_length: int = 2048, batch_tokens: int = 8192, dtype: str | None = None,
           device: str | None = None, backend: str = "hf", run_dir: str | os.PathLike[str] | None = None,
           fields: Mapping[str, str] | None = None, fmt: str | None = None, chunk_size: int = 1024,
-          threads: int | None = None,
+          threads: int | None = None, rifd: bool | None = None,
           progress: Callable[[ScoreProgress], None] | None = None) -> ScoreSummary:
     """Score IFD and r-IFD of every candidate with a student model (METHOD.md §5.1), resumably.
 
@@ -137,6 +137,9 @@ def score(source: str | os.PathLike[str], *, student: str = "embedded", template
         chunk_size: samples tokenized and packed together (bigger packs tighter, holds more memory).
         threads: CPU threads for torch (process-wide; default torch's, one per core). On a busy
             shared machine fewer threads can be much faster (see docs/selection.md).
+        rifd: also compute r-IFD (Q_direct, Q_condition). Default: yes for a run folder (``select``
+            needs it), no for a dataset, whose Cherry-style selection ranks by IFD alone; that
+            halves the work. Items are cached one by one, so asking for r-IFD later adds only them.
         progress: called after every batch with a ``ScoreProgress``.
 
     Returns:
@@ -170,6 +173,8 @@ def score(source: str | os.PathLike[str], *, student: str = "embedded", template
     src = Path(source)
     if is_run_folder(src):
         mode = "variants"
+        if rifd is False:
+            raise ConfigError(f"{src} is a run folder: selection needs r-IFD, drop --no-rifd")
         if run_dir is not None and Path(run_dir).resolve() != src.resolve():
             raise ConfigError(f"{src} is a run folder: scores go there, drop --run-dir")
         folder = src
@@ -185,6 +190,7 @@ def score(source: str | os.PathLike[str], *, student: str = "embedded", template
         def records() -> Iterator[_Record]:
             return _iter_dataset(src, fields, fmt)
 
+    with_rifd = mode == "variants" if rifd is None else rifd
     model_source = resolve_model(student)
     fingerprint = model_fingerprint(model_source)
     chosen_device = pick_device(device)
@@ -198,7 +204,7 @@ def score(source: str | os.PathLike[str], *, student: str = "embedded", template
     config = {"student": student, "fingerprint": fingerprint, "template": template,
               "max_length": max_length, "batch_tokens": batch_tokens, "dtype": chosen_dtype,
               "device": chosen_device, "backend": backend, "namespace": namespace, "mode": mode,
-              "threads": threads,
+              "threads": threads, "rifd": with_rifd,
               "source": str(src.resolve()), "selection_metric": SELECTION_METRIC}
     if mode == "cherry":
         from reflectune.io import detect_format
@@ -248,12 +254,12 @@ def score(source: str | os.PathLike[str], *, student: str = "embedded", template
                     chunk.append(record)
                     if len(chunk) >= chunk_size:
                         chunk_mark.update(tokens=scorer.stats.tokens, size=len(chunk))
-                        _score_chunk(scorer, chunk, out, counts)
+                        _score_chunk(scorer, chunk, out, counts, with_rifd)
                         done_samples += len(chunk)
                         chunk = []
                 if chunk:
                     chunk_mark.update(tokens=scorer.stats.tokens, size=len(chunk))
-                    _score_chunk(scorer, chunk, out, counts)
+                    _score_chunk(scorer, chunk, out, counts, with_rifd)
                     done_samples += len(chunk)
             os.replace(tmp, out_path)
         finally:
@@ -275,7 +281,8 @@ def score(source: str | os.PathLike[str], *, student: str = "embedded", template
                         tokens_per_s=scorer.stats.tokens_per_s, manifest=manifest)
 
 
-def _score_chunk(scorer: IFDScorer, chunk: list[_Record], out: Any, counts: Counter[str]) -> None:
+def _score_chunk(scorer: IFDScorer, chunk: list[_Record], out: Any, counts: Counter[str],
+                 rifd: bool) -> None:
     """Score one chunk's available candidates and append one line per sample."""
     where: list[tuple[int, str]] = []
     triples: list[tuple[str, str, str]] = []
@@ -284,7 +291,7 @@ def _score_chunk(scorer: IFDScorer, chunk: list[_Record], out: Any, counts: Coun
             if status == "ok":
                 where.append((index, name))
                 triples.append((instruction, input, output))
-    scores = scorer.score(triples) if triples else []
+    scores = scorer.score(triples, rifd=rifd) if triples else []
     lines: list[dict[str, Any]] = [
         {"id": r.id, "row": r.row,
          "variants": {name: {"status": v[0]} for name, v in r.variants.items() if v[0] != "missing"}}
@@ -294,9 +301,8 @@ def _score_chunk(scorer: IFDScorer, chunk: list[_Record], out: Any, counts: Coun
         counts["candidates"] += 1
         counts["nan_candidates"] += s.has_nan
         counts["nan_ifd"] += s.ifd is None
-        counts["nan_rifd"] += s.rifd is None
-        counts["nan_losses"] += sum(v is None for v in (s.a_direct, s.a_condition, s.q_direct,
-                                                         s.q_condition))
+        counts["nan_rifd"] += s.with_rifd and s.rifd is None
+        counts["nan_losses"] += sum(v is None for v in s.losses)
     counts["unavailable"] += sum(1 for r in chunk for v in r.variants.values()
                                  if v[0] not in ("ok", "missing"))
     for line in lines:

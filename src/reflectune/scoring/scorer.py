@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reflectune.scoring.batching import STATS, Item, Tokenized, pack
+from reflectune.scoring.batching import IFD_STATS, STATS, Item, Tokenized, pack
 from reflectune.scoring.losses import HeadCache, batch_losses
 from reflectune.store import Store
 
@@ -49,13 +49,15 @@ class CandidateScores:
     """The four mean losses of one candidate (None where no target token was left: NaN).
 
     ``ifd`` and ``rifd`` are perplexity ratios, ``exp(L_cond - L_direct)`` (METHOD.md §5.1, the
-    default for selection); ``*_loss_ratio`` are Cherry LLM's ``L_cond / L_direct``.
+    default for selection); ``*_loss_ratio`` are Cherry LLM's ``L_cond / L_direct``. Scored for IFD
+    only (``with_rifd`` False), the r-IFD side was never computed: it is absent, not NaN.
     """
 
     a_direct: float | None
     a_condition: float | None
-    q_direct: float | None
-    q_condition: float | None
+    q_direct: float | None = None
+    q_condition: float | None = None
+    with_rifd: bool = True
 
     @property
     def ifd(self) -> float | None:
@@ -74,13 +76,22 @@ class CandidateScores:
         return _ratio(self.q_condition, self.q_direct)
 
     @property
+    def losses(self) -> tuple[float | None, ...]:
+        """The losses that were scored (``STATS`` order)."""
+        both = (self.a_direct, self.a_condition, self.q_direct, self.q_condition)
+        return both if self.with_rifd else both[:2]
+
+    @property
     def has_nan(self) -> bool:
-        return None in (self.a_direct, self.a_condition, self.q_direct, self.q_condition)
+        return None in self.losses
 
     def to_json(self) -> dict[str, float | None]:
-        return {"a_direct": self.a_direct, "a_condition": self.a_condition, "q_direct": self.q_direct,
-                "q_condition": self.q_condition, "ifd": self.ifd, "rifd": self.rifd,
-                "ifd_loss_ratio": self.ifd_loss_ratio, "rifd_loss_ratio": self.rifd_loss_ratio}
+        out = {"a_direct": self.a_direct, "a_condition": self.a_condition, "ifd": self.ifd,
+               "ifd_loss_ratio": self.ifd_loss_ratio}
+        if self.with_rifd:
+            out.update(q_direct=self.q_direct, q_condition=self.q_condition, rifd=self.rifd,
+                       rifd_loss_ratio=self.rifd_loss_ratio)
+        return out
 
 
 @dataclass
@@ -227,11 +238,17 @@ class IFDScorer:
                 self.on_batch(self.stats)
         return values
 
-    def score(self, candidates: Sequence[tuple[str, str, str]]) -> list[CandidateScores]:
-        """Scores of (instruction, input, output) candidates, in order. Call it chunk by chunk."""
+    def score(self, candidates: Sequence[tuple[str, str, str]], *,
+              rifd: bool = True) -> list[CandidateScores]:
+        """Scores of (instruction, input, output) candidates, in order. Call it chunk by chunk.
+
+        ``rifd=False`` computes IFD's two losses only (about half the work): enough to rank by IFD.
+        """
         tokens = self.tokens
-        tokens.encode_all(text for c in candidates for text in tokens.texts_of(*c))
-        built = [tokens.candidate(*c) for c in candidates]
+        tokens.encode_all(text for c in candidates for text in tokens.texts_of(*c, rifd=rifd))
+        built = [tokens.candidate(*c, rifd=rifd) for c in candidates]
         tokens.clear()
         values = self.losses([item for b in built for item in b.items.values()])
-        return [CandidateScores(*(values[b.items[name].key] for name in STATS)) for b in built]
+        names = STATS if rifd else IFD_STATS
+        return [CandidateScores(*(values[b.items[name].key] for name in names), with_rifd=rifd)
+                for b in built]
