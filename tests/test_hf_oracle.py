@@ -224,6 +224,35 @@ def test_a_section_ends_where_the_model_replays_the_prompt():
     assert plan.forced == [BETTER_ANSWER, END] and plan.next_segment() is None
 
 
+@pytest.mark.parametrize("header", ["[The Better Answer]", "[Level of Detail]", "  [New Question]"])
+def test_a_section_ends_at_a_format_header_line(header):
+    import torch
+
+    from reflectune.local_models import load_tokenizer, resolve_model
+    from reflectune.oracles.hf_batching import Row, _RowStopper
+
+    answer = "Debugging means finding errors.\nSincerely,\n[Your Name]\n\n[Chorus]\nLa la."
+    text = f"{answer}\n\n{header}\nDebugging means finding errors again"
+    plan = FormatPlan(ChatRequest((), max_tokens=400, sections=(BETTER_ANSWER,)))
+    plan.feed("Too short.", 4, "stop")
+    plan.feed(text, 60, "stop")
+    assert plan.content.endswith(f"[Better Answer]\n{answer}\n[End]") and plan.finish_reason == "stop"
+    assert plan.forced == [BETTER_ANSWER, END]
+
+    tok = load_tokenizer(resolve_model("embedded"))
+    ids = tok(text, add_special_tokens=False).input_ids
+    for end_loops in (True, False):  # only forced sections end there; placeholders never do
+        stopper = _RowStopper(tok, 1, [Row([0], 500, ("[End]",), end_loops=end_loops)], set())
+        for k in range(len(ids)):
+            if stopper(torch.tensor([[0, *ids[:k + 1]]]), None)[0]:
+                break
+        generated = tok.decode(stopper.generated[0])
+        if end_loops:
+            assert stopper.reason == ["stop"] and generated.endswith(header.strip()), generated
+        else:
+            assert stopper.reason == ["length"]
+
+
 def test_a_forced_section_cannot_start_empty():
     import torch
 

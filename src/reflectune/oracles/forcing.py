@@ -14,6 +14,7 @@ at different phases (or with different section tuples) share a batch freely.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from reflectune.prompts.markers import END, PROMPT_HEADERS
@@ -22,7 +23,15 @@ from reflectune.types import ChatRequest
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_CRITIQUE_TOKENS = 64
 
-__all__ = ["DEFAULT_CRITIQUE_TOKENS", "DEFAULT_MAX_TOKENS", "FormatPlan", "Segment"]
+__all__ = ["DEFAULT_CRITIQUE_TOKENS", "DEFAULT_MAX_TOKENS", "FORMAT_HEADER", "FormatPlan", "Segment"]
+
+#: A line that is a bracketed header naming a part of the reflection format ("[The Better Answer]",
+#: "[Level of Detail]", "[New Question]"). A small model that writes one inside a forced section has
+#: started a section of its own (and seldom ends it), so the forced section ends there, as at a
+#: marker. Placeholders such as "[Your Name]" and song parts such as "[Chorus]" do not match.
+FORMAT_HEADER = re.compile(
+    r"\n[ \t]*\[[^\]\n]{0,40}\b(?:Answers?|Instructions?|Questions?|Inputs?|Responses?|Outputs?|Details?|"
+    r"Helpfulness|Relevance|Accuracy|Complexity|Feasibility|Critique|Reflection)\b[^\]\n]{0,40}\]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +43,7 @@ class Segment:
     prefix: str
     budget: int
     stops: tuple[str, ...]
-    end_loops: bool = False
+    end_loops: bool = False  # a section: it also ends at a loop and at a ``FORMAT_HEADER`` line
 
 
 @dataclass(slots=True)
@@ -86,6 +95,8 @@ class FormatPlan:
         segment = self.next_segment()
         assert segment is not None, "feed() after the plan finished"
         cut, hit = _cut_at_first(text, segment.stops)
+        if segment.end_loops and (header := FORMAT_HEADER.search(cut)):
+            cut, hit = cut[:header.start()], True
         sections = self.request.sections
         if not sections:
             self.content = cut

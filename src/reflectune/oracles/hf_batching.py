@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reflectune.errors import OracleError
-from reflectune.oracles.forcing import FormatPlan, Segment
+from reflectune.oracles.forcing import FORMAT_HEADER, FormatPlan, Segment
 from reflectune.types import ChatRequest, Completion
 
 __all__ = ["Job", "MicroBatcher", "Row", "RowResult", "Sampling", "deliver", "generate_rows"]
@@ -182,7 +182,8 @@ class Row:
     budget: int
     stops: tuple[str, ...] = ()
     abort: Callable[[], bool] | None = None  # polled every step: True ends the row at once
-    end_loops: bool = False  # end the row when its tokens start repeating verbatim (see _loop_period)
+    end_loops: bool = False  # a forced section: also end it at a verbatim loop (see _loop_period)
+    #                          and at a line that is a format header (``FORMAT_HEADER``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +310,7 @@ class _RowStopper:
                 self.where[r].append(len(self.generated[r]) - 1)
             if last[r] in self.eos_ids:
                 self.end[r], self.reason[r] = step, "eos"
-            elif row.stops and self._has_stop(r):
+            elif self._has_stop(r):
                 self.end[r], self.reason[r] = step, "stop"
             elif step >= row.budget or (row.abort is not None and row.abort()):
                 self.end[r], self.reason[r] = step, "length"
@@ -320,8 +321,14 @@ class _RowStopper:
         return torch.tensor([e is not None for e in self.end], dtype=torch.bool, device=input_ids.device)
 
     def _has_stop(self, r: int) -> bool:
-        tail = self.tokenizer.decode(self.generated[r][-self.tail[r]:], skip_special_tokens=True)
-        return any(stop in tail for stop in self.rows[r].stops)
+        row, ids, decode = self.rows[r], self.generated[r], self.tokenizer.decode
+        if row.stops:
+            tail = decode(ids[-self.tail[r]:], skip_special_tokens=True)
+            if any(stop in tail for stop in row.stops):
+                return True
+        # a format header (at most ~90 characters) can only have just ended if this token closes it
+        return (row.end_loops and "]" in decode(ids[-1:])
+                and FORMAT_HEADER.search(decode(ids[-48:], skip_special_tokens=True)) is not None)
 
 
 def generate_rows(model: Any, tokenizer: Any, rows: Sequence[Row], sampling: Sampling, *,
