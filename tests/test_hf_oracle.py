@@ -121,6 +121,34 @@ async def test_forced_formats(oracle):
     assert free.forced == () and BETTER_ANSWER not in free.content
 
 
+async def test_carried_keys_and_values_change_nothing_but_the_work(oracle, monkeypatch):
+    import reflectune.oracles.hf_local as hf_local
+    from reflectune.oracles import hf_batching
+
+    fed: list[int] = []  # tokens each generate call had to read (not covered by a past)
+    inner = hf_batching.generate_rows
+
+    def counting(model, tokenizer, rows, sampling, **kwargs):
+        fed.extend(len(row.ids) - row.reuse for row in rows)
+        return inner(model, tokenizer, rows, sampling, **kwargs)
+
+    monkeypatch.setattr(hf_local, "generate_rows", counting)
+    requests = [reflect("Explain why the instruction is not good, then write a new instruction between "
+                        "[New Instruction] and [End] and its answer between [New Answer] and [End].",
+                        (NEW_INSTRUCTION, NEW_ANSWER), max_tokens=60),
+                reflect("Explain why the answer is not good, then write a better answer between "
+                        "[Better Answer] and [End].", (BETTER_ANSWER,), max_tokens=40)]
+    carried = await asyncio.gather(*(oracle.complete([r]) for r in requests))
+    work_carried = sum(fed)
+    fed.clear()
+    monkeypatch.setattr(hf_local, "KV_CARRY_BYTES", 0)  # every past dropped: each segment prefills
+    prefilled = await asyncio.gather(*(oracle.complete([r]) for r in requests))
+    assert [c.content for [c] in carried] == [c.content for [c] in prefilled]
+    assert [c.forced for [c] in carried] == [c.forced for [c] in prefilled]
+    assert work_carried < sum(fed) / 2  # the prompt (~90 tokens) is read once, not once per segment
+    assert not oracle._pasts  # finished jobs hold nothing
+
+
 async def test_finish_reason_length(oracle):
     [cut] = await oracle.complete([ask("Write a long story about a dragon.", max_tokens=3)])
     assert cut.finish_reason == "length" and cut.completion_tokens == 3

@@ -51,9 +51,15 @@ class Job:
     ids: list[int] = field(default_factory=list)  # the current segment's input: prompt + prefill
     segment: Segment | None = None
     cancelled: bool = False
+    past: Past | None = None  # keys and values of its last segment, for the next one to reuse
 
     def __post_init__(self) -> None:
         self.plan = FormatPlan(self.request)
+
+    @property
+    def work(self) -> int:
+        """Tokens the model must read for the current segment: those its ``past`` does not cover."""
+        return len(self.ids) - (self.past.reusable(self.ids) if self.past is not None else 0)
 
 
 def deliver(job: Job, *, result: Completion | None = None, error: BaseException | None = None) -> None:
@@ -156,22 +162,49 @@ class MicroBatcher:
 
     def _pick(self, pool: list[Job]) -> list[Job]:
         """The oldest job plus up to ``batch_size - 1`` others with the same sampling settings,
-        chosen as the window of sorted lengths that contains it with the least spread."""
+        chosen as the window of sorted lengths that contains it with the least spread (lengths of
+        what must be computed: a segment that reuses its past is short)."""
         size = self.batch_size
         oldest = min(pool, key=lambda job: job.seq)
         key = _sampling_key(oldest.request)
-        ranked = sorted((job for job in pool if _sampling_key(job.request) == key),
-                        key=lambda job: len(job.ids))
+        same = [job for job in pool if _sampling_key(job.request) == key]
+        work = {id(job): job.work for job in same}
+        ranked = sorted(same, key=lambda job: work[id(job)])
         if len(ranked) <= size:
             return ranked
         at = ranked.index(oldest)
         starts = range(max(0, at - size + 1), min(at, len(ranked) - size) + 1)
-        start = min(starts, key=lambda s: len(ranked[s + size - 1].ids) - len(ranked[s].ids))
+        start = min(starts, key=lambda s: work[id(ranked[s + size - 1])] - work[id(ranked[s])])
         return ranked[start:start + size]
 
 
 def _sampling_key(request: ChatRequest) -> tuple[float, float]:
     return (0.0, 1.0) if request.temperature <= 0 else (request.temperature, request.top_p)
+
+
+@dataclass(frozen=True, slots=True)
+class Past:
+    """Keys and values a row has already computed: for the tokens ``ids``, per layer ``(keys,
+    values)`` of shape ``(kv_heads, len(ids), head_dim)``. A forced request's next segment begins
+    with the text of the last one, so it reuses them instead of prefilling the prompt again."""
+
+    ids: tuple[int, ...]
+    layers: tuple[tuple[Any, Any], ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(k.nelement() * k.element_size() + v.nelement() * v.element_size()
+                   for k, v in self.layers)
+
+    def reusable(self, ids: Sequence[int]) -> int:
+        """How many leading tokens of ``ids`` these keys and values cover: the common prefix, less
+        one, since the model must see at least one new token to give the next token's logits."""
+        n = 0
+        for a, b in zip(self.ids, ids, strict=False):
+            if a != b:
+                break
+            n += 1
+        return min(n, len(ids) - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,17 +217,25 @@ class Row:
     abort: Callable[[], bool] | None = None  # polled every step: True ends the row at once
     end_loops: bool = False  # a forced section: also end it at a verbatim loop (see _loop_period)
     #                          and at a line that is a format header (``FORMAT_HEADER``)
+    past: Past | None = None  # keys and values of a previous segment, reused where ``ids`` agree
+    keep: bool = False  # return this row's keys and values (``RowResult.past``) for its next segment
+
+    @property
+    def reuse(self) -> int:
+        return self.past.reusable(self.ids) if self.past is not None else 0
 
 
 @dataclass(frozen=True, slots=True)
 class RowResult:
     """Generated text (EOS excluded; stop strings included, the caller trims), tokens generated,
     and why the row ended: ``"eos"``, ``"stop"``, ``"length"`` or ``"loop"`` (the text keeps the
-    loop's first copy; ``tokens`` counts all that were generated)."""
+    loop's first copy; ``tokens`` counts all that were generated). ``past``: the row's keys and
+    values when it asked to ``keep`` them and the model's cache allows it."""
 
     text: str
     tokens: int
     ended: str
+    past: Past | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,9 +372,58 @@ class _RowStopper:
                 and FORMAT_HEADER.search(decode(ids[-48:], skip_special_tokens=True)) is not None)
 
 
+def _cache_arg(model: Any) -> str:
+    """The ``generate`` keyword of a ready cache (``past_key_values`` became ``cache`` in 5.x)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _plain_layers(cache: Any) -> bool:
+    """Only a plain dynamic cache (every layer keeps every position) can be cut into rows."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer and layer.keys is not None for layer in layers)
+
+
+def _merged_cache(model: Any, batch: Sequence[Row], reuse: Sequence[int], cached: int) -> Any:
+    """A ``DynamicCache`` for the batch: row b's first ``reuse[b]`` keys and values, right-aligned in
+    ``cached`` columns (the columns to their left are masked out)."""
+    from transformers import DynamicCache
+
+    if not cached:
+        return DynamicCache(config=model.config)
+    template = next(row.past for row, r in zip(batch, reuse, strict=True) if r)
+    assert template is not None
+    layers = []
+    for index, (k0, v0) in enumerate(template.layers):
+        heads, _, dim = k0.shape
+        keys = k0.new_zeros((len(batch), heads, cached, dim))
+        values = v0.new_zeros((len(batch), heads, cached, v0.shape[-1]))
+        for b, (row, r) in enumerate(zip(batch, reuse, strict=True)):
+            if r:
+                assert row.past is not None
+                k, v = row.past.layers[index]
+                keys[b, :, cached - r:] = k[:, :r]
+                values[b, :, cached - r:] = v[:, :r]
+        layers.append((keys, values))
+    return DynamicCache(layers, config=model.config)
+
+
+def _row_past(cache: Any, b: int, columns: Any, ids: tuple[int, ...]) -> Past:
+    """Row ``b``'s keys and values at ``columns`` of the batch cache, compact."""
+    return Past(ids, tuple((layer.keys[b].index_select(1, columns), layer.values[b].index_select(1, columns))
+                           for layer in cache.layers))
+
+
 def generate_rows(model: Any, tokenizer: Any, rows: Sequence[Row], sampling: Sampling, *,
                   eos_ids: set[int], pad_id: int) -> list[RowResult]:
     """Continue every row in one left-padded ``generate`` call; rows with no budget get ``""``.
+
+    A row with a ``past`` feeds the model only what follows the tokens it shares with it; those
+    keys and values are placed in the cache instead (right-aligned, so every row's new tokens start
+    at the same column; positions come from the attention mask, so the holes do not shift them).
 
     Example::
 
@@ -348,17 +438,26 @@ def generate_rows(model: Any, tokenizer: Any, rows: Sequence[Row], sampling: Sam
     if not live:
         return results
     batch = [rows[i] for i in live]
-    # 1. left-pad to the longest row: (B, L) ids and attention mask
-    width = max(len(row.ids) for row in batch)
+    # 1. [cached | new]: reused keys and values right-aligned in ``cached`` columns, then the rest of
+    # each row left-padded to ``width``; (B, cached + width) ids and attention mask
+    reuse = [row.reuse for row in batch]
+    cached = max(reuse)
+    width = max(len(row.ids) - r for row, r in zip(batch, reuse, strict=True))
+    start = cached + width
     device = model.device
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for b, row in enumerate(batch):
-        input_ids[b, width - len(row.ids):] = torch.tensor(row.ids, dtype=torch.long)
-        mask[b, width - len(row.ids):] = 1
+    input_ids = torch.full((len(batch), start), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), start), dtype=torch.long)
+    for b, (row, r) in enumerate(zip(batch, reuse, strict=True)):
+        input_ids[b, cached - r:cached] = torch.tensor(row.ids[:r], dtype=torch.long)
+        mask[b, cached - r:cached] = 1
+        new = row.ids[r:]
+        input_ids[b, start - len(new):] = torch.tensor(new, dtype=torch.long)
+        mask[b, start - len(new):] = 1
+    keep = any(row.keep for row in batch)
+    cache = _merged_cache(model, batch, reuse, cached) if keep or cached else None
     # 2. one generate; the stopper ends each row on its own terms
-    stopper = _RowStopper(tokenizer, width, batch, eos_ids)
-    guards = ([_NoEmptySection(width, batch, eos_ids, _vocab_classes(tokenizer))]
+    stopper = _RowStopper(tokenizer, start, batch, eos_ids)
+    guards = ([_NoEmptySection(start, batch, eos_ids, _vocab_classes(tokenizer))]
               if any(row.end_loops for row in batch) else [])
     sample = sampling.temperature > 0
     config = GenerationConfig(
@@ -370,14 +469,26 @@ def generate_rows(model: Any, tokenizer: Any, rows: Sequence[Row], sampling: Sam
     with torch.inference_mode():
         out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
                              generation_config=config, stopping_criteria=StoppingCriteriaList([stopper]),
-                             logits_processor=LogitsProcessorList(guards))
-    # 3. (B, L + T) -> each row's own tokens, up to where the stopper ended it
-    generated = out[:, width:].tolist()
+                             logits_processor=LogitsProcessorList(guards),
+                             **({_cache_arg(model): cache} if cache is not None else {}))
+    # 3. (B, start + T) -> each row's own tokens, up to where the stopper ended it
+    generated = out[:, start:].tolist()
+    steps = out.shape[1] - start
+    # the cache holds every fed position: the inputs and all generated tokens but the last
+    cut = (cache is not None and _plain_layers(cache)
+           and cache.layers[0].keys.shape[-2] == start + steps - 1)
     for b, i in enumerate(live):
+        row = batch[b]
         end = stopper.end[b] if stopper.end[b] is not None else len(generated[b])
         ended = stopper.reason[b]
         ids = generated[b][:stopper.loop[b] if ended == "loop" else end]
+        past = None
+        if row.keep and cut:
+            fed = min(len(ids), steps - 1)
+            columns = torch.cat([mask[b].nonzero().flatten(), torch.arange(start, start + fed)])
+            past = _row_past(cache, b, columns.to(cache.layers[0].keys.device),
+                             (*row.ids, *generated[b][:fed]))
         if ended == "eos":
             ids = ids[:-1]
-        results[i] = RowResult(tokenizer.decode(ids, skip_special_tokens=True), end, ended)
+        results[i] = RowResult(tokenizer.decode(ids, skip_special_tokens=True), end, ended, past)
     return results

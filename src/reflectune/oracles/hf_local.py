@@ -33,12 +33,15 @@ from reflectune.local_models import (
     pick_dtype,
     resolve_model,
 )
-from reflectune.oracles.hf_batching import Job, MicroBatcher, Row, Sampling, deliver, generate_rows
+from reflectune.oracles.hf_batching import Job, MicroBatcher, Past, Row, Sampling, deliver, generate_rows
 from reflectune.types import ChatRequest, Completion
 
 __all__ = ["EmbeddedOracle", "HFOracle"]
 
 _FALLBACK_CONTEXT = 2048
+#: keys and values held for forced requests between their segments, all jobs together; a held
+#: past saves prefilling the prompt again (about 23 MB per reflection request on the embedded model)
+KV_CARRY_BYTES = 768 * 2**20
 
 
 class HFOracle:
@@ -77,6 +80,7 @@ class HFOracle:
         self._pad_id = 0
         self._seq = 0
         self._fingerprint: str | None = None
+        self._pasts: dict[Job, int] = {}  # jobs holding keys and values, oldest first -> bytes
         self._batcher = MicroBatcher(load=self._ensure_loaded, prepare=self._prepare, step=self._step,
                                      batch_size=batch_size, gather_s=gather_s,
                                      name=f"reflectune-{self.name}")
@@ -175,6 +179,9 @@ class HFOracle:
     async def aclose(self) -> None:
         """Stop the worker (after its current segment) and free the model; a later call reloads."""
         await asyncio.to_thread(self._batcher.stop)
+        for job in self._pasts:
+            job.past = None
+        self._pasts.clear()
         self._model = self._tokenizer = None
 
     # -- the worker thread's callbacks --------------------------------------------------------
@@ -246,7 +253,8 @@ class HFOracle:
             assert job.segment is not None
             rows.append(Row(job.ids, min(job.segment.budget, self.context - len(job.ids)),
                             job.segment.stops, abort=lambda job=job: job.cancelled,
-                            end_loops=job.segment.end_loops))
+                            end_loops=job.segment.end_loops, past=job.past,
+                            keep=bool(job.request.sections)))
         first = min(batch, key=lambda job: job.seq).request
         try:
             results = generate_rows(self._model, self._tokenizer, rows,
@@ -255,17 +263,36 @@ class HFOracle:
             left = []
             for job, result in zip(batch, results, strict=True):
                 if job.cancelled:  # its row was cut short; nobody waits for it
+                    self._keep_past(job, None)
                     left.append(job)
                     continue
                 job.plan.feed(result.text, result.tokens, result.ended)
+                self._keep_past(job, result.past)
                 if not self._advance(job):
+                    self._keep_past(job, None)
                     left.append(job)
             return left
         except Exception as exc:
             error = OracleError(f"local generation failed: {type(exc).__name__}: {exc}")
             for job in batch:
+                self._keep_past(job, None)
                 deliver(job, error=error)  # a job already delivered keeps its result
             return batch
+
+    def _keep_past(self, job: Job, past: Past | None) -> None:
+        """Hold a job's keys and values for its next segment, within ``KV_CARRY_BYTES`` in all: over
+        it, the jobs that have waited longest lose theirs (their next segment prefills again)."""
+        self._pasts.pop(job, None)
+        job.past = past
+        if past is None:
+            return
+        self._pasts[job] = past.nbytes
+        total = sum(self._pasts.values())
+        while total > KV_CARRY_BYTES and self._pasts:
+            oldest, size = next(iter(self._pasts.items()))
+            del self._pasts[oldest]
+            oldest.past = None
+            total -= size
 
 
 class EmbeddedOracle(HFOracle):
