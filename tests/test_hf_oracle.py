@@ -149,6 +149,43 @@ async def test_carried_keys_and_values_change_nothing_but_the_work(oracle, monke
     assert not oracle._pasts  # finished jobs hold nothing
 
 
+def test_chunked_decoding_equals_one_generate(oracle):
+    """Rows decoded a few steps at a time, going back with their keys and values (continuous
+    batching), give the tokens one ``generate`` gives: plain rows and forced sections alike."""
+    from reflectune.oracles.hf_batching import Row, Sampling, generate_rows
+
+    model, tok = oracle._model, oracle._tokenizer
+    texts = ["Give three tips for staying healthy.", "Write a haiku about rain, then explain it.",
+             "What is the capital of France? Answer in one long sentence."]
+    prompts = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
+                                       tokenize=False) for t in texts]
+    rows = [Row(tok.encode(p, add_special_tokens=False), 24) for p in prompts[:2]]
+    rows.append(Row(tok.encode(prompts[2] + "[Better Answer]\n", add_special_tokens=False), 24,
+                    ("[End]",), end_loops=True))
+    kw = {"eos_ids": oracle._eos_ids, "pad_id": oracle._pad_id}
+    whole = generate_rows(model, tok, rows, Sampling(), **kw)
+
+    done: dict[int, object] = {}
+    pending = dict(enumerate(rows))
+    calls = 0
+    while pending:
+        calls += 1
+        order = sorted(pending)
+        results = generate_rows(model, tok, [pending[i] for i in order], Sampling(), max_steps=5, **kw)
+        for i, result in zip(order, results, strict=True):
+            row = pending.pop(i)
+            if result.ended == "more":
+                assert result.past is not None and len(result.ids) == 5
+                pending[i] = Row([*row.ids, *result.ids], row.budget - 5, row.stops, end_loops=row.end_loops,
+                                 past=result.past, prior=(*row.prior, *result.ids))
+            else:
+                done[i] = (result, len(row.prior) + result.tokens)
+    assert calls >= 4
+    for i, one in enumerate(whole):
+        chunked, tokens = done[i]
+        assert (chunked.text, tokens, chunked.ended) == (one.text, one.tokens, one.ended)
+
+
 async def test_finish_reason_length(oracle):
     [cut] = await oracle.complete([ask("Write a long story about a dragon.", max_tokens=3)])
     assert cut.finish_reason == "length" and cut.completion_tokens == 3

@@ -51,7 +51,8 @@ class Job:
     ids: list[int] = field(default_factory=list)  # the current segment's input: prompt + prefill
     segment: Segment | None = None
     cancelled: bool = False
-    past: Past | None = None  # keys and values of its last segment, for the next one to reuse
+    past: Past | None = None  # keys and values of its last call, for the next one to reuse
+    prior: list[int] = field(default_factory=list)  # tokens of the current segment so far
 
     def __post_init__(self) -> None:
         self.plan = FormatPlan(self.request)
@@ -219,6 +220,8 @@ class Row:
     #                          and at a line that is a format header (``FORMAT_HEADER``)
     past: Past | None = None  # keys and values of a previous segment, reused where ``ids`` agree
     keep: bool = False  # return this row's keys and values (``RowResult.past``) for its next segment
+    prior: tuple[int, ...] = ()  # tokens this segment generated in earlier calls (``ids`` ends with
+    #                              them): stop strings, loops and the empty-section rule see them
 
     @property
     def reuse(self) -> int:
@@ -229,13 +232,16 @@ class Row:
 class RowResult:
     """Generated text (EOS excluded; stop strings included, the caller trims), tokens generated,
     and why the row ended: ``"eos"``, ``"stop"``, ``"length"`` or ``"loop"`` (the text keeps the
-    loop's first copy; ``tokens`` counts all that were generated). ``past``: the row's keys and
+    loop's first copy; ``tokens`` counts all that were generated), or ``"more"``: the call's
+    ``max_steps`` ran out first, and the row goes on in a later call. Text and loops cover the
+    whole segment (``prior`` included); ``tokens`` counts this call's. ``past``: the row's keys and
     values when it asked to ``keep`` them and the model's cache allows it."""
 
     text: str
     tokens: int
     ended: str
     past: Past | None = None
+    ids: tuple[int, ...] = ()  # the tokens this call generated (for a row that goes on: ``"more"``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,7 +311,8 @@ class _NoEmptySection:
         self.start, self.rows = start, rows
         self.banned = sorted(set(eos_ids) | classes["bracket"])
         self.blank = classes["blank"]
-        self.empty = [row.end_loops for row in rows]  # only forced sections are guarded
+        # only forced sections are guarded, until they have visible text (from an earlier call too)
+        self.empty = [row.end_loops and all(t in self.blank for t in row.prior) for row in rows]
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         if input_ids.shape[1] > self.start:
@@ -331,9 +338,14 @@ class _RowStopper:
         self.loop: list[int] = [0] * len(rows)  # where to cut rows ended by a loop (token count)
         self.shapes: dict[int, int] = (_vocab_classes(tokenizer)["shape"]
                                        if any(row.end_loops for row in rows) else {})
+        self.generated: list[list[int]] = [list(row.prior) for row in rows]  # the segment so far
         self.shape: list[list[int]] = [[] for _ in rows]  # shapes of the visible tokens so far
         self.where: list[list[int]] = [[] for _ in rows]  # ... and their positions in ``generated``
-        self.generated: list[list[int]] = [[] for _ in rows]
+        for r, row in enumerate(rows):
+            for at, token in enumerate(row.prior if row.end_loops else ()):
+                if token in self.shapes:
+                    self.shape[r].append(self.shapes[token])
+                    self.where[r].append(at)
         # a stop string of c characters spans at most c tokens (+1 for a partial byte)
         self.tail = [max((len(s) for s in row.stops), default=0) + 2 for row in rows]
 
@@ -373,18 +385,23 @@ class _RowStopper:
 
 
 def _cache_arg(model: Any) -> str:
-    """The ``generate`` keyword of a ready cache (``past_key_values`` became ``cache`` in 5.x)."""
+    """The keyword of a ready cache (``past_key_values`` became ``cache`` in transformers 5.x)."""
     import inspect
 
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _plain_layers(cache: Any) -> bool:
-    """Only a plain dynamic cache (every layer keeps every position) can be cut into rows."""
+def can_carry(model: Any) -> bool:
+    """Whether rows' keys and values can be cut out and merged again: a plain dynamic cache, where
+    every layer keeps every position (not sliding windows, not recurrent states)."""
+    from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
-    layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(layer) is DynamicLayer and layer.keys is not None for layer in layers)
+    try:
+        layers = DynamicCache(config=model.config).layers
+    except Exception:  # an architecture this cache does not describe
+        return False
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
 def _merged_cache(model: Any, batch: Sequence[Row], reuse: Sequence[int], cached: int) -> Any:
@@ -398,9 +415,8 @@ def _merged_cache(model: Any, batch: Sequence[Row], reuse: Sequence[int], cached
     assert template is not None
     layers = []
     for index, (k0, v0) in enumerate(template.layers):
-        heads, _, dim = k0.shape
-        keys = k0.new_zeros((len(batch), heads, cached, dim))
-        values = v0.new_zeros((len(batch), heads, cached, v0.shape[-1]))
+        keys = k0.new_zeros((len(batch), k0.shape[0], cached, k0.shape[-1]))
+        values = v0.new_zeros((len(batch), v0.shape[0], cached, v0.shape[-1]))
         for b, (row, r) in enumerate(zip(batch, reuse, strict=True)):
             if r:
                 assert row.past is not None
@@ -411,25 +427,71 @@ def _merged_cache(model: Any, batch: Sequence[Row], reuse: Sequence[int], cached
     return DynamicCache(layers, config=model.config)
 
 
-def _row_past(cache: Any, b: int, columns: Any, ids: tuple[int, ...]) -> Past:
-    """Row ``b``'s keys and values at ``columns`` of the batch cache, compact."""
+def _layout(batch: Sequence[Row], reuse: Sequence[int], lengths: Sequence[int], pad_id: int
+            ) -> tuple[Any, Any, int]:
+    """``[cached | new]`` ids and attention mask: each row's reused tokens right-aligned in the
+    cached columns, the rest of its first ``lengths[b]`` ids left-padded after them. Positions come
+    from the mask, so the holes shift nothing."""
+    import torch
+
+    cached = max(reuse)
+    start = cached + max(n - r for n, r in zip(lengths, reuse, strict=True))
+    input_ids = torch.full((len(batch), start), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), start), dtype=torch.long)
+    for b, (row, r, n) in enumerate(zip(batch, reuse, lengths, strict=True)):
+        input_ids[b, cached - r:cached] = torch.tensor(row.ids[:r], dtype=torch.long)
+        mask[b, cached - r:cached] = 1
+        input_ids[b, start - (n - r):] = torch.tensor(row.ids[r:n], dtype=torch.long)
+        mask[b, start - (n - r):] = 1
+    return input_ids, mask, cached
+
+
+def _cut(cache: Any, b: int, columns: Any, ids: tuple[int, ...]) -> Past:
+    """Row ``b``'s keys and values at ``columns`` of a batch cache, as a compact ``Past``."""
     return Past(ids, tuple((layer.keys[b].index_select(1, columns), layer.values[b].index_select(1, columns))
                            for layer in cache.layers))
 
 
-def generate_rows(model: Any, tokenizer: Any, rows: Sequence[Row], sampling: Sampling, *,
-                  eos_ids: set[int], pad_id: int) -> list[RowResult]:
-    """Continue every row in one left-padded ``generate`` call; rows with no budget get ``""``.
+def _prefill(model: Any, rows: Sequence[Row], reuse: Sequence[int], pad_id: int) -> list[Past]:
+    """Keys and values of every row's ids but the last, in one forward over these rows only.
 
-    A row with a ``past`` feeds the model only what follows the tokens it shares with it; those
-    keys and values are placed in the cache instead (right-aligned, so every row's new tokens start
-    at the same column; positions come from the attention mask, so the holes do not shift them).
+    Decoding then feeds each row a single token, so rows that start a prompt and rows deep in their
+    answer share one ``generate`` without padding the latter to the prompt's length."""
+    import inspect
+
+    import torch
+
+    input_ids, mask, cached = _layout(rows, reuse, [len(row.ids) - 1 for row in rows], pad_id)
+    cache = _merged_cache(model, rows, reuse, cached)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    device = model.device
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    with torch.inference_mode():
+        model(input_ids=input_ids[:, cached:].to(device), attention_mask=mask.to(device),
+              position_ids=positions[:, cached:].to(device), use_cache=True,
+              **{_cache_arg(model): cache}, **extra)
+    return [_cut(cache, b, mask[b].nonzero().flatten().to(device), tuple(row.ids[:-1]))
+            for b, row in enumerate(rows)]
+
+
+def generate_rows(model: Any, tokenizer: Any, rows: Sequence[Row], sampling: Sampling, *,
+                  eos_ids: set[int], pad_id: int, max_steps: int | None = None) -> list[RowResult]:
+    """Continue every row in one batched ``generate`` call; rows with no budget get ``""``.
+
+    Without ``max_steps`` (or for a model whose cache cannot be cut into rows: ``can_carry``) this
+    is one left-padded ``generate`` until every row has ended. With it, rows carry keys and values
+    (``Row.past``): the rows that need more than one new token are prefilled first, on their own,
+    then all decode together for at most ``max_steps`` tokens, and rows that have not ended come
+    back as ``"more"``, with their ``past``, to go on in a later call beside other rows. That is
+    continuous batching at the granularity of ``max_steps``: a row that ends early frees its slot.
 
     Example::
 
         [result] = generate_rows(model, tok, [Row(ids, 32, ("[End]",))], Sampling(),
                                  eos_ids={tok.eos_token_id}, pad_id=tok.pad_token_id)
     """
+    import dataclasses
+
     import torch
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
@@ -438,34 +500,33 @@ def generate_rows(model: Any, tokenizer: Any, rows: Sequence[Row], sampling: Sam
     if not live:
         return results
     batch = [rows[i] for i in live]
-    # 1. [cached | new]: reused keys and values right-aligned in ``cached`` columns, then the rest of
-    # each row left-padded to ``width``; (B, cached + width) ids and attention mask
+    carry = can_carry(model) and (max_steps is not None or any(row.keep or row.past for row in batch))
+    if not carry:
+        batch = [dataclasses.replace(row, past=None, keep=False) for row in batch]
     reuse = [row.reuse for row in batch]
-    cached = max(reuse)
-    width = max(len(row.ids) - r for row, r in zip(batch, reuse, strict=True))
-    start = cached + width
-    device = model.device
-    input_ids = torch.full((len(batch), start), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), start), dtype=torch.long)
-    for b, (row, r) in enumerate(zip(batch, reuse, strict=True)):
-        input_ids[b, cached - r:cached] = torch.tensor(row.ids[:r], dtype=torch.long)
-        mask[b, cached - r:cached] = 1
-        new = row.ids[r:]
-        input_ids[b, start - len(new):] = torch.tensor(new, dtype=torch.long)
-        mask[b, start - len(new):] = 1
-    keep = any(row.keep for row in batch)
-    cache = _merged_cache(model, batch, reuse, cached) if keep or cached else None
+    # 1. rows that need more than one new token are prefilled on their own first (with ``max_steps``)
+    fresh = [b for b, row in enumerate(batch) if len(row.ids) - reuse[b] > 1] if max_steps and carry else []
+    if fresh:
+        pasts = _prefill(model, [batch[b] for b in fresh], [reuse[b] for b in fresh], pad_id)
+        for b, past in zip(fresh, pasts, strict=True):
+            batch[b] = dataclasses.replace(batch[b], past=past)
+            reuse[b] = len(batch[b].ids) - 1
+    input_ids, mask, cached = _layout(batch, reuse, [len(row.ids) for row in batch], pad_id)
+    start = input_ids.shape[1]
+    cache = _merged_cache(model, batch, reuse, cached) if carry else None
     # 2. one generate; the stopper ends each row on its own terms
     stopper = _RowStopper(tokenizer, start, batch, eos_ids)
     guards = ([_NoEmptySection(start, batch, eos_ids, _vocab_classes(tokenizer))]
               if any(row.end_loops for row in batch) else [])
     sample = sampling.temperature > 0
+    steps_cap = max(row.budget for row in batch)
     config = GenerationConfig(
-        max_new_tokens=max(row.budget for row in batch), do_sample=sample, num_beams=1,
-        pad_token_id=pad_id, eos_token_id=sorted(eos_ids), use_cache=True,
+        max_new_tokens=min(steps_cap, max_steps) if max_steps and carry else steps_cap,
+        do_sample=sample, num_beams=1, pad_token_id=pad_id, eos_token_id=sorted(eos_ids), use_cache=True,
         **({"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0} if sample else {}))
     if sample and sampling.seed is not None:
         torch.manual_seed(sampling.seed)
+    device = model.device
     with torch.inference_mode():
         out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
                              generation_config=config, stopping_criteria=StoppingCriteriaList([stopper]),
@@ -475,20 +536,22 @@ def generate_rows(model: Any, tokenizer: Any, rows: Sequence[Row], sampling: Sam
     generated = out[:, start:].tolist()
     steps = out.shape[1] - start
     # the cache holds every fed position: the inputs and all generated tokens but the last
-    cut = (cache is not None and _plain_layers(cache)
-           and cache.layers[0].keys.shape[-2] == start + steps - 1)
+    cut = cache is not None and cache.layers[0].keys.shape[-2] == start + steps - 1
     for b, i in enumerate(live):
         row = batch[b]
-        end = stopper.end[b] if stopper.end[b] is not None else len(generated[b])
-        ended = stopper.reason[b]
-        ids = generated[b][:stopper.loop[b] if ended == "loop" else end]
+        end, ended = stopper.end[b], stopper.reason[b]
+        if end is None:  # still going when the call's steps ran out
+            end, ended = steps, ("length" if steps >= row.budget else "more")
+        new = generated[b][:end]
+        segment = [*row.prior, *new]
+        kept = segment[:stopper.loop[b]] if ended == "loop" else segment
         past = None
-        if row.keep and cut:
-            fed = min(len(ids), steps - 1)
+        if (row.keep or ended == "more") and cut:
+            fed = min(len(new), steps - 1)
             columns = torch.cat([mask[b].nonzero().flatten(), torch.arange(start, start + fed)])
-            past = _row_past(cache, b, columns.to(cache.layers[0].keys.device),
-                             (*row.ids, *generated[b][:fed]))
+            past = _cut(cache, b, columns.to(device), (*row.ids, *new[:fed]))
         if ended == "eos":
-            ids = ids[:-1]
-        results[i] = RowResult(tokenizer.decode(ids, skip_special_tokens=True), end, ended, past)
+            kept = kept[:-1]
+        results[i] = RowResult(tokenizer.decode(kept, skip_special_tokens=True), end, ended, past,
+                               tuple(new))
     return results

@@ -42,6 +42,10 @@ _FALLBACK_CONTEXT = 2048
 #: keys and values held for forced requests between their segments, all jobs together; a held
 #: past saves prefilling the prompt again (about 23 MB per reflection request on the embedded model)
 KV_CARRY_BYTES = 768 * 2**20
+#: tokens a batch decodes before its rows go back to the pool: a row that ends early frees its slot
+#: for a waiting request within this many steps (continuous batching), at the price of cutting and
+#: merging the rows' keys and values once per chunk
+CHUNK_STEPS = 32
 
 
 class HFOracle:
@@ -247,27 +251,33 @@ class HFOracle:
         return True
 
     def _step(self, batch: list[Job]) -> list[Job]:
-        """Run the current segment of every job in ``batch``; return the jobs that left the pool."""
+        """Run the current segment of every job in ``batch`` for up to ``CHUNK_STEPS`` tokens; return
+        the jobs that left the pool. A job whose segment goes on stays, to share a later batch."""
         rows = []
         for job in batch:
             assert job.segment is not None
-            rows.append(Row(job.ids, min(job.segment.budget, self.context - len(job.ids)),
+            rows.append(Row(job.ids, min(job.segment.budget - len(job.prior), self.context - len(job.ids)),
                             job.segment.stops, abort=lambda job=job: job.cancelled,
-                            end_loops=job.segment.end_loops, past=job.past,
-                            keep=bool(job.request.sections)))
+                            end_loops=job.segment.end_loops, past=job.past, keep=bool(job.request.sections),
+                            prior=tuple(job.prior)))
         first = min(batch, key=lambda job: job.seq).request
         try:
             results = generate_rows(self._model, self._tokenizer, rows,
                                     Sampling(first.temperature, first.top_p, first.seed),
-                                    eos_ids=self._eos_ids, pad_id=self._pad_id)
+                                    eos_ids=self._eos_ids, pad_id=self._pad_id, max_steps=CHUNK_STEPS)
             left = []
             for job, result in zip(batch, results, strict=True):
                 if job.cancelled:  # its row was cut short; nobody waits for it
                     self._keep_past(job, None)
                     left.append(job)
                     continue
-                job.plan.feed(result.text, result.tokens, result.ended)
                 self._keep_past(job, result.past)
+                if result.ended == "more":
+                    job.ids = [*job.ids, *result.ids]
+                    job.prior.extend(result.ids)
+                    continue
+                job.plan.feed(result.text, len(job.prior) + result.tokens, result.ended)
+                job.prior = []
                 if not self._advance(job):
                     self._keep_past(job, None)
                     left.append(job)
