@@ -14,6 +14,10 @@ tracks every row: it ends a row at EOS, at one of *its* stop strings or at *its*
 and ``generate`` pads the row from then on. Rows are left-padded; ``generate`` derives position ids
 from the attention mask, so a row's tokens do not depend on its neighbours (up to rounding).
 
+Rows carry their keys and values from call to call (``kv_rows``): a batch decodes at most
+``max_steps`` tokens, then unfinished rows go back to the pool and share the next batch with new
+ones (continuous batching); a forced request's next segment does not prefill its prompt again.
+
 torch and transformers are imported inside functions only.
 """
 
@@ -30,6 +34,7 @@ from typing import Any
 
 from reflectune.errors import OracleError
 from reflectune.oracles.forcing import FORMAT_HEADER, FormatPlan, Segment
+from reflectune.oracles.kv_rows import Past, cache_arg, can_carry, cut_row, layout, merged_cache, prefill
 from reflectune.types import ChatRequest, Completion
 
 __all__ = ["Job", "MicroBatcher", "Row", "RowResult", "Sampling", "deliver", "generate_rows"]
@@ -181,31 +186,6 @@ class MicroBatcher:
 
 def _sampling_key(request: ChatRequest) -> tuple[float, float]:
     return (0.0, 1.0) if request.temperature <= 0 else (request.temperature, request.top_p)
-
-
-@dataclass(frozen=True, slots=True)
-class Past:
-    """Keys and values a row has already computed: for the tokens ``ids``, per layer ``(keys,
-    values)`` of shape ``(kv_heads, len(ids), head_dim)``. A forced request's next segment begins
-    with the text of the last one, so it reuses them instead of prefilling the prompt again."""
-
-    ids: tuple[int, ...]
-    layers: tuple[tuple[Any, Any], ...]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(k.nelement() * k.element_size() + v.nelement() * v.element_size()
-                   for k, v in self.layers)
-
-    def reusable(self, ids: Sequence[int]) -> int:
-        """How many leading tokens of ``ids`` these keys and values cover: the common prefix, less
-        one, since the model must see at least one new token to give the next token's logits."""
-        n = 0
-        for a, b in zip(self.ids, ids, strict=False):
-            if a != b:
-                break
-            n += 1
-        return min(n, len(ids) - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,96 +364,6 @@ class _RowStopper:
                 and FORMAT_HEADER.search(decode(ids[-48:], skip_special_tokens=True)) is not None)
 
 
-def _cache_arg(model: Any) -> str:
-    """The keyword of a ready cache (``past_key_values`` became ``cache`` in transformers 5.x)."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def can_carry(model: Any) -> bool:
-    """Whether rows' keys and values can be cut out and merged again: a plain dynamic cache, where
-    every layer keeps every position (not sliding windows, not recurrent states)."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    try:
-        layers = DynamicCache(config=model.config).layers
-    except Exception:  # an architecture this cache does not describe
-        return False
-    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
-
-
-def _merged_cache(model: Any, batch: Sequence[Row], reuse: Sequence[int], cached: int) -> Any:
-    """A ``DynamicCache`` for the batch: row b's first ``reuse[b]`` keys and values, right-aligned in
-    ``cached`` columns (the columns to their left are masked out)."""
-    from transformers import DynamicCache
-
-    if not cached:
-        return DynamicCache(config=model.config)
-    template = next(row.past for row, r in zip(batch, reuse, strict=True) if r)
-    assert template is not None
-    layers = []
-    for index, (k0, v0) in enumerate(template.layers):
-        keys = k0.new_zeros((len(batch), k0.shape[0], cached, k0.shape[-1]))
-        values = v0.new_zeros((len(batch), v0.shape[0], cached, v0.shape[-1]))
-        for b, (row, r) in enumerate(zip(batch, reuse, strict=True)):
-            if r:
-                assert row.past is not None
-                k, v = row.past.layers[index]
-                keys[b, :, cached - r:] = k[:, :r]
-                values[b, :, cached - r:] = v[:, :r]
-        layers.append((keys, values))
-    return DynamicCache(layers, config=model.config)
-
-
-def _layout(batch: Sequence[Row], reuse: Sequence[int], lengths: Sequence[int], pad_id: int
-            ) -> tuple[Any, Any, int]:
-    """``[cached | new]`` ids and attention mask: each row's reused tokens right-aligned in the
-    cached columns, the rest of its first ``lengths[b]`` ids left-padded after them. Positions come
-    from the mask, so the holes shift nothing."""
-    import torch
-
-    cached = max(reuse)
-    start = cached + max(n - r for n, r in zip(lengths, reuse, strict=True))
-    input_ids = torch.full((len(batch), start), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), start), dtype=torch.long)
-    for b, (row, r, n) in enumerate(zip(batch, reuse, lengths, strict=True)):
-        input_ids[b, cached - r:cached] = torch.tensor(row.ids[:r], dtype=torch.long)
-        mask[b, cached - r:cached] = 1
-        input_ids[b, start - (n - r):] = torch.tensor(row.ids[r:n], dtype=torch.long)
-        mask[b, start - (n - r):] = 1
-    return input_ids, mask, cached
-
-
-def _cut(cache: Any, b: int, columns: Any, ids: tuple[int, ...]) -> Past:
-    """Row ``b``'s keys and values at ``columns`` of a batch cache, as a compact ``Past``."""
-    return Past(ids, tuple((layer.keys[b].index_select(1, columns), layer.values[b].index_select(1, columns))
-                           for layer in cache.layers))
-
-
-def _prefill(model: Any, rows: Sequence[Row], reuse: Sequence[int], pad_id: int) -> list[Past]:
-    """Keys and values of every row's ids but the last, in one forward over these rows only.
-
-    Decoding then feeds each row a single token, so rows that start a prompt and rows deep in their
-    answer share one ``generate`` without padding the latter to the prompt's length."""
-    import inspect
-
-    import torch
-
-    input_ids, mask, cached = _layout(rows, reuse, [len(row.ids) - 1 for row in rows], pad_id)
-    cache = _merged_cache(model, rows, reuse, cached)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    device = model.device
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    with torch.inference_mode():
-        model(input_ids=input_ids[:, cached:].to(device), attention_mask=mask.to(device),
-              position_ids=positions[:, cached:].to(device), use_cache=True,
-              **{_cache_arg(model): cache}, **extra)
-    return [_cut(cache, b, mask[b].nonzero().flatten().to(device), tuple(row.ids[:-1]))
-            for b, row in enumerate(rows)]
-
-
 def generate_rows(model: Any, tokenizer: Any, rows: Sequence[Row], sampling: Sampling, *,
                   eos_ids: set[int], pad_id: int, max_steps: int | None = None) -> list[RowResult]:
     """Continue every row in one batched ``generate`` call; rows with no budget get ``""``.
@@ -507,13 +397,15 @@ def generate_rows(model: Any, tokenizer: Any, rows: Sequence[Row], sampling: Sam
     # 1. rows that need more than one new token are prefilled on their own first (with ``max_steps``)
     fresh = [b for b, row in enumerate(batch) if len(row.ids) - reuse[b] > 1] if max_steps and carry else []
     if fresh:
-        pasts = _prefill(model, [batch[b] for b in fresh], [reuse[b] for b in fresh], pad_id)
+        pasts = prefill(model, [batch[b].ids for b in fresh], [batch[b].past for b in fresh],
+                        [reuse[b] for b in fresh], pad_id)
         for b, past in zip(fresh, pasts, strict=True):
             batch[b] = dataclasses.replace(batch[b], past=past)
             reuse[b] = len(batch[b].ids) - 1
-    input_ids, mask, cached = _layout(batch, reuse, [len(row.ids) for row in batch], pad_id)
+    input_ids, mask, cached = layout([row.ids for row in batch], reuse, [len(row.ids) for row in batch],
+                                     pad_id)
     start = input_ids.shape[1]
-    cache = _merged_cache(model, batch, reuse, cached) if carry else None
+    cache = merged_cache(model, [row.past for row in batch], reuse, cached) if carry else None
     # 2. one generate; the stopper ends each row on its own terms
     stopper = _RowStopper(tokenizer, start, batch, eos_ids)
     guards = ([_NoEmptySection(start, batch, eos_ids, _vocab_classes(tokenizer))]
@@ -531,7 +423,7 @@ def generate_rows(model: Any, tokenizer: Any, rows: Sequence[Row], sampling: Sam
         out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
                              generation_config=config, stopping_criteria=StoppingCriteriaList([stopper]),
                              logits_processor=LogitsProcessorList(guards),
-                             **({_cache_arg(model): cache} if cache is not None else {}))
+                             **({cache_arg(model): cache} if cache is not None else {}))
     # 3. (B, start + T) -> each row's own tokens, up to where the stopper ended it
     generated = out[:, start:].tolist()
     steps = out.shape[1] - start
@@ -549,7 +441,7 @@ def generate_rows(model: Any, tokenizer: Any, rows: Sequence[Row], sampling: Sam
         if (row.keep or ended == "more") and cut:
             fed = min(len(new), steps - 1)
             columns = torch.cat([mask[b].nonzero().flatten(), torch.arange(start, start + fed)])
-            past = _cut(cache, b, columns.to(device), (*row.ids, *new[:fed]))
+            past = cut_row(cache, b, columns.to(device), (*row.ids, *new[:fed]))
         if ended == "eos":
             kept = kept[:-1]
         results[i] = RowResult(tokenizer.decode(kept, skip_special_tokens=True), end, ended, past,

@@ -33,7 +33,8 @@ from reflectune.local_models import (
     pick_dtype,
     resolve_model,
 )
-from reflectune.oracles.hf_batching import Job, MicroBatcher, Past, Row, Sampling, deliver, generate_rows
+from reflectune.oracles.hf_batching import Job, MicroBatcher, Row, Sampling, deliver, generate_rows
+from reflectune.oracles.kv_rows import Past
 from reflectune.types import ChatRequest, Completion
 
 __all__ = ["EmbeddedOracle", "HFOracle"]
