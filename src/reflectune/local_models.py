@@ -258,3 +258,11 @@ def load_causal_lm(spec: str, *, device: str | None = None, dtype: str | None = 
     source = resolve_model(spec)
     chosen = pick_device(device)
     return _load_from(source, device=chosen, dtype=pick_dtype(chosen, dtype))
+
+
+def cache_keyword(module: Any) -> str:
+    """The keyword ``module.forward`` takes a ready key/value cache by: ``past_key_values`` became
+    ``cache`` in transformers 5.x. Shared by the scorer's template heads and the oracle's rows."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"

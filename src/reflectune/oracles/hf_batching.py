@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reflectune.errors import OracleError
+from reflectune.local_models import cache_keyword
 from reflectune.oracles.forcing import FORMAT_HEADER, FormatPlan, Segment
-from reflectune.oracles.kv_rows import Past, cache_arg, can_carry, cut_row, layout, merged_cache, prefill
+from reflectune.oracles.kv_rows import Past, can_carry, cut_row, layout, merged_cache, prefill
 from reflectune.types import ChatRequest, Completion
 
 __all__ = ["Job", "MicroBatcher", "Row", "RowResult", "Sampling", "deliver", "generate_rows"]
@@ -423,7 +424,7 @@ def generate_rows(model: Any, tokenizer: Any, rows: Sequence[Row], sampling: Sam
         out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
                              generation_config=config, stopping_criteria=StoppingCriteriaList([stopper]),
                              logits_processor=LogitsProcessorList(guards),
-                             **({cache_arg(model): cache} if cache is not None else {}))
+                             **({cache_keyword(model): cache} if cache is not None else {}))
     # 3. (B, start + T) -> each row's own tokens, up to where the stopper ended it
     generated = out[:, start:].tolist()
     steps = out.shape[1] - start

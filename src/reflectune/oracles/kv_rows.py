@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Past", "cache_arg", "can_carry", "cut_row", "layout", "merged_cache", "prefill"]
+from reflectune.local_models import cache_keyword
+
+__all__ = ["Past", "can_carry", "cut_row", "layout", "merged_cache", "prefill"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,14 +41,6 @@ class Past:
                 break
             n += 1
         return min(n, len(ids) - 1)
-
-
-
-def cache_arg(model: Any) -> str:
-    """The keyword of a ready cache (``past_key_values`` became ``cache`` in transformers 5.x)."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def can_carry(model: Any) -> bool:
@@ -128,6 +122,6 @@ def prefill(model: Any, ids: Sequence[Sequence[int]], pasts: Sequence[Past | Non
     with torch.inference_mode():
         model(input_ids=input_ids[:, cached:].to(device), attention_mask=mask.to(device),
               position_ids=positions[:, cached:].to(device), use_cache=True,
-              **{cache_arg(model): cache}, **extra)
+              **{cache_keyword(model): cache}, **extra)
     return [cut_row(cache, b, mask[b].nonzero().flatten().to(device), tuple(row[:-1]))
             for b, row in enumerate(ids)]

@@ -48,13 +48,12 @@ class HeadCache:
         self.model = model
         self.enabled = _shareable(model)
         self._cache: dict[tuple[int, ...], Any] = {}
-        self.cache_arg = "past_key_values"  # renamed ``cache`` in transformers 5.x
+        self.cache_arg = "past_key_values"
         if self.enabled:
-            import inspect
+            from reflectune.local_models import cache_keyword
 
             body, _ = _split_model(model)  # type: ignore[misc]
-            if "cache" in inspect.signature(body.forward).parameters:
-                self.cache_arg = "cache"
+            self.cache_arg = cache_keyword(body)
 
     def get(self, head: tuple[int, ...]) -> Any:
         import torch
