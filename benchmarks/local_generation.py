@@ -51,7 +51,7 @@ _STARTUP = """
 import asyncio, json, sys, time
 t0 = time.monotonic()
 import torch
-from reflectune.oracles.hf_local import EmbeddedOracle
+from reflectune.oracles.local.oracle import EmbeddedOracle
 from reflectune.types import ChatRequest, Message
 t1 = time.monotonic()
 oracle = EmbeddedOracle.from_spec("", dtype=sys.argv[1] or None)
@@ -154,7 +154,7 @@ def _reflections(n: int, max_tokens: int) -> list[Any]:
 
 async def _reflection_workload(oracle: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Reflection requests through the oracle as it is and as it was (static batches, no reuse)."""
-    import reflectune.oracles.hf_local as hf_local
+    import reflectune.oracles.local.oracle as hf_local
 
     now = (hf_local.KV_CARRY_BYTES, hf_local.CHUNK_STEPS)
     modes = {"continuous + carried keys/values": now, "static batches (before)": (0, None)}
@@ -212,7 +212,7 @@ def _reflection_table(runs: list[dict[str, Any]]) -> str:
 
 def _record_calls(calls: list[dict[str, Any]]) -> None:
     """Wrap the oracle's generate step to record rows, steps, tokens and padding of each call."""
-    import reflectune.oracles.hf_local as hf_local
+    import reflectune.oracles.local.oracle as hf_local
 
     inner = hf_local.generate_rows
 
@@ -232,7 +232,7 @@ def _record_calls(calls: list[dict[str, Any]]) -> None:
 async def _measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from reflectune.oracles.hf_local import EmbeddedOracle
+    from reflectune.oracles.local.oracle import EmbeddedOracle
     from reflectune.types import ChatRequest, Message
 
     oracle = EmbeddedOracle.from_spec("", dtype=args.dtype or None, batch_size=max(args.sizes))
@@ -342,7 +342,7 @@ def main() -> None:
     info = machine_info(["torch", "transformers"])
 
     # 1. start-up, each in a fresh process: cold converts the GGUF into a fresh cache
-    from reflectune.local_models import cache_dir, ensure_embedded
+    from reflectune.models.local import cache_dir, ensure_embedded
 
     ensure_embedded()
     with tempfile.TemporaryDirectory() as fresh:

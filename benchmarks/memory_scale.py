@@ -114,7 +114,7 @@ def trace(rows: int) -> None:
     import tracemalloc
 
     from reflectune.config import OracleConfig, RecycleConfig
-    from reflectune.recycle_run import recycle
+    from reflectune.recycling.run import recycle
 
     with tempfile.TemporaryDirectory(prefix="memory_trace-") as tmp, running_server() as server:
         src = Path(tmp) / "data.jsonl"

@@ -47,9 +47,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import info_lines, load1, machine_info, markdown_table, wait_for_quiet, write_block
 from reflectune.config import EngineConfig, OracleConfig, RecycleConfig
 from reflectune.engine import Engine
+from reflectune.keys import canonical_json
 from reflectune.oracles import make_oracle
-from reflectune.recycle_run import recycle
-from reflectune.store import CallRecord, Store, canonical_json
+from reflectune.recycling.run import recycle
+from reflectune.store.calls import CallRecord, Store
 from reflectune.testing.server import ServerHandle, running_server
 from reflectune.types import ChatRequest, Message
 

@@ -22,8 +22,8 @@ import pytest
 from reflectune.config import EngineConfig, OracleConfig, RecycleConfig
 from reflectune.engine.runner import Engine
 from reflectune.oracles.openai_http import OpenAIOracle
-from reflectune.recycle_run import recycle
-from reflectune.store import Store
+from reflectune.recycling.run import recycle
+from reflectune.store.calls import Store
 from reflectune.testing.server import MIX_MODES, running_server
 from reflectune.types import ChatRequest, Message
 from tests.conftest import ALPACA

@@ -10,15 +10,15 @@ import pytest
 
 from reflectune.cli import main
 from reflectune.errors import ConfigError
-from reflectune.generation import (
+from reflectune.generation.run import (
     GenerateConfig,
     default_generator,
     generate,
     generation_request,
     resolve_model_spec,
 )
+from reflectune.io.testsets import EvalItem, load_testset
 from reflectune.testing.server import running_server
-from reflectune.testsets import EvalItem, load_testset
 
 ALPACA_EVAL_KEYS = {"instruction", "output", "generator", "dataset"}
 

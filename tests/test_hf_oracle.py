@@ -17,10 +17,10 @@ import pytest
 from typer.testing import CliRunner
 
 from reflectune.errors import ConfigError, OracleRejected
-from reflectune.local_models import embedded_converted_dir, embedded_gguf_path, ensure_embedded
+from reflectune.models.local import embedded_converted_dir, embedded_gguf_path, ensure_embedded
 from reflectune.oracles import Oracle, make_oracle
-from reflectune.oracles.forcing import FormatPlan
-from reflectune.oracles.hf_local import EmbeddedOracle, HFOracle
+from reflectune.oracles.local.forcing import FormatPlan
+from reflectune.oracles.local.oracle import EmbeddedOracle, HFOracle
 from reflectune.prompts.markers import BETTER_ANSWER, END, NEW_ANSWER, NEW_INSTRUCTION
 from reflectune.types import ChatRequest, Message
 
@@ -57,7 +57,7 @@ def oracle():
 def test_import_does_not_import_torch_and_openmp_waits_passively(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     code = ("import os, sys\n"
-            "from reflectune.oracles.hf_local import EmbeddedOracle\n"
+            "from reflectune.oracles.local.oracle import EmbeddedOracle\n"
             "assert 'torch' not in sys.modules\n"
             "oracle = EmbeddedOracle.from_spec('')\n"
             "assert 'torch' not in sys.modules and oracle.context == 8192\n"
@@ -122,7 +122,7 @@ async def test_forced_formats(oracle):
 
 
 async def test_carried_keys_and_values_change_nothing_but_the_work(oracle, monkeypatch):
-    import reflectune.oracles.hf_local as hf_local
+    import reflectune.oracles.local.oracle as hf_local
     from reflectune.oracles import hf_batching
 
     fed: list[int] = []  # tokens each generate call had to read (not covered by a past)
@@ -152,7 +152,7 @@ async def test_carried_keys_and_values_change_nothing_but_the_work(oracle, monke
 def test_chunked_decoding_equals_one_generate(oracle):
     """Rows decoded a few steps at a time, going back with their keys and values (continuous
     batching), give the tokens one ``generate`` gives: plain rows and forced sections alike."""
-    from reflectune.oracles.hf_batching import Row, Sampling, generate_rows
+    from reflectune.oracles.local.batching import Row, Sampling, generate_rows
 
     model, tok = oracle._model, oracle._tokenizer
     texts = ["Give three tips for staying healthy.", "Write a haiku about rain, then explain it.",
@@ -293,8 +293,8 @@ def test_a_section_ends_where_the_model_replays_the_prompt():
 def test_a_section_ends_at_a_format_header_line(header):
     import torch
 
-    from reflectune.local_models import load_tokenizer, resolve_model
-    from reflectune.oracles.hf_batching import Row, _RowStopper
+    from reflectune.models.local import load_tokenizer, resolve_model
+    from reflectune.oracles.local.batching import Row, _RowStopper
 
     answer = "Debugging means finding errors.\nSincerely,\n[Your Name]\n\n[Chorus]\nLa la."
     text = f"{answer}\n\n{header}\nDebugging means finding errors again"
@@ -321,7 +321,7 @@ def test_a_section_ends_at_a_format_header_line(header):
 def test_a_forced_section_cannot_start_empty():
     import torch
 
-    from reflectune.oracles.hf_batching import Row, _NoEmptySection
+    from reflectune.oracles.local.batching import Row, _NoEmptySection
 
     classes = {"blank": frozenset({5}), "bracket": frozenset({7}), "digits": frozenset()}
     rows = [Row([1, 2], 9, end_loops=True), Row([1, 2], 9)]  # a forced section, a plain row
@@ -338,8 +338,8 @@ def test_a_forced_section_cannot_start_empty():
 def test_stopper_ends_a_loop_that_varies_only_in_spacing_and_numbers():
     import torch
 
-    from reflectune.local_models import load_tokenizer, resolve_model
-    from reflectune.oracles.hf_batching import Row, _RowStopper
+    from reflectune.models.local import load_tokenizer, resolve_model
+    from reflectune.oracles.local.batching import Row, _RowStopper
 
     tok = load_tokenizer(resolve_model("embedded"))
     text = "Fine start.\n1. The answer is not good for the task at all." + "".join(
@@ -361,7 +361,7 @@ def test_stopper_ends_a_loop_that_varies_only_in_spacing_and_numbers():
 
 
 def test_loop_period_finds_verbatim_loops_only():
-    from reflectune.oracles.hf_batching import _loop_period
+    from reflectune.oracles.local.batching import _loop_period
 
     block = list(range(100, 110))
     assert _loop_period([5, 6, *block * 3]) == (10, 3)  # three copies of a 10-token block
@@ -401,7 +401,7 @@ def test_models_command_lists_the_embedded_model(monkeypatch, tmp_path):
 
 
 def test_models_command_without_the_wheel(monkeypatch):
-    import reflectune.model_catalog as models_cli
+    import reflectune.models.catalog as models_cli
     from reflectune.cli import app
 
     def missing():

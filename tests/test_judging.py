@@ -11,8 +11,8 @@ import pytest
 
 from reflectune.cli import main
 from reflectune.errors import ConfigError, DataError
-from reflectune.judge_run import Answer, judge, pair_answers, read_answers, write_chart
-from reflectune.judging import (
+from reflectune.io.testsets import load_testset
+from reflectune.judging.rules import (
     Tally,
     combine_orders,
     judge_request,
@@ -22,10 +22,10 @@ from reflectune.judging import (
     verdict_outcome,
     winning_score,
 )
+from reflectune.judging.run import Answer, judge, pair_answers, read_answers, write_chart
 from reflectune.prompts.judge import SCORE_CRITERIA
 from reflectune.prompts.markers import JUDGE_ANSWER_1, JUDGE_ANSWER_2
 from reflectune.testing.server import running_server
-from reflectune.testsets import load_testset
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

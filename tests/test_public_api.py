@@ -26,8 +26,8 @@ def test_every_public_name_resolves() -> None:
 
 
 def test_importing_the_package_and_the_http_path_does_not_import_torch() -> None:
-    code = ("import sys, reflectune, reflectune.recycle_run, reflectune.oracles.openai_http, "
-            "reflectune.cli; reflectune.recycle; "
+    code = ("import sys, reflectune, reflectune.recycling.run, reflectune.oracles.openai_http, "
+            "reflectune.cli; reflectune.recycling.rules; "
             "print('torch' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from reflectune.errors import ConfigError
-from reflectune.selection import TopK, choose_variant, count_outcomes, parse_top_k, select_top_k
+from reflectune.selection.rules import TopK, choose_variant, count_outcomes, parse_top_k, select_top_k
 
 
 def table(ori=(0.8, 0.7), q=(0.9, 0.6), a=(0.7, 0.5), qa=(0.85, 0.4), **status: str) -> dict:
@@ -149,7 +149,7 @@ def run_folder(tmp_path: Path) -> Path:
 
 
 def test_select_writes_kept_rows_in_the_input_shape(run_folder: Path, tmp_path: Path) -> None:
-    from reflectune.select_run import select
+    from reflectune.selection.run import select
 
     out = tmp_path / "out.jsonl"
     summary = select(run_folder, out)
@@ -181,7 +181,7 @@ def test_select_cli_table(run_folder: Path, tmp_path: Path) -> None:
 
 
 def test_selection_imports_no_torch() -> None:
-    code = ("import sys, reflectune.selection, reflectune.select_run, reflectune.cli; "
+    code = ("import sys, reflectune.selection.rules, reflectune.selection.run, reflectune.cli; "
             "print('torch' in sys.modules or 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr

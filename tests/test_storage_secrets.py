@@ -32,8 +32,8 @@ from reflectune.engine.runner import Engine
 from reflectune.errors import OracleRejected, RunStopped
 from reflectune.oracles import make_oracle
 from reflectune.oracles.openai_http import OpenAIOracle
-from reflectune.recycle_run import recycle
-from reflectune.store import Store
+from reflectune.recycling.run import recycle
+from reflectune.store.calls import Store
 from reflectune.testing.responder import messages_key
 from reflectune.testing.server import running_server
 from reflectune.types import ChatRequest, Message

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from reflectune.errors import ConfigError, DataError
-from reflectune.testsets import (
+from reflectune.io.testsets import (
     TESTSET_ROWS,
     TESTSETS,
     EvalItem,

@@ -20,8 +20,14 @@ from typer.testing import CliRunner
 
 from reflectune.errors import ConfigError
 from reflectune.prompts.student import response_separator, student_prompt
-from reflectune.training import TrainConfig, accelerate_config_path, build_trainer, parse_sft_overrides, train
-from reflectune.training_plan import format_plan, plan_training
+from reflectune.training.plan import format_plan, plan_training
+from reflectune.training.run import (
+    TrainConfig,
+    accelerate_config_path,
+    build_trainer,
+    parse_sft_overrides,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ALPACA = ROOT.parent / "shared" / "data" / "alpaca_cherry5pct_3111.json"
@@ -71,7 +77,7 @@ def _generate(model_dir: Path) -> str:
 
 
 def _base_state() -> dict[str, torch.Tensor]:
-    from reflectune.local_models import load_causal_lm
+    from reflectune.models.local import load_causal_lm
 
     model, _ = load_causal_lm("embedded", device="cpu", dtype="float32")
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -100,7 +106,7 @@ def test_full_finetune_lowers_loss_changes_weights_and_reloads(full_run: tuple[o
     changed = [k for k in base if not torch.equal(base[k], trained[k].float())]
     assert len(changed) > 0.9 * len(base)
     _generate(out)
-    from reflectune.local_models import resolve_model
+    from reflectune.models.local import resolve_model
 
     assert resolve_model(f"hf:{out}").path == out
 
@@ -249,7 +255,7 @@ def test_cli_errors_are_one_line_and_accelerate_configs_ship(data32: Path,
 
 
 def test_importing_training_stays_light() -> None:
-    code = ("import sys, reflectune.training, reflectune.training_plan, reflectune.cli.train; "
+    code = ("import sys, reflectune.training.run, reflectune.training.plan, reflectune.cli.train; "
             "print(sorted(m for m in ('torch', 'trl', 'peft', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

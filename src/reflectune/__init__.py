@@ -21,19 +21,19 @@ __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
     # commands
-    "recycle": "reflectune.recycle_run",
-    "estimate": "reflectune.recycle_run",
-    "score": "reflectune.scoring.run",
-    "select": "reflectune.select_run",
+    "recycle": "reflectune.recycling",
+    "estimate": "reflectune.recycling",
+    "score": "reflectune.scoring",
+    "select": "reflectune.selection",
     "train": "reflectune.training",
     "generate": "reflectune.generation",
-    "judge": "reflectune.judge_run",
+    "judge": "reflectune.judging",
     # configs and results
     "RecycleConfig": "reflectune.config",
     "OracleConfig": "reflectune.config",
     "SamplingConfig": "reflectune.config",
     "EngineConfig": "reflectune.config",
-    "RecycleSummary": "reflectune.recycle_run",
+    "RecycleSummary": "reflectune.recycling",
     "TrainConfig": "reflectune.training",
     "GenerateConfig": "reflectune.generation",
     # records and seams
@@ -50,7 +50,7 @@ _EXPORTS: dict[str, str] = {
     "DatasetWriter": "reflectune.io",
     "parse_reflection": "reflectune.prompts.parse",
     "choose_variant": "reflectune.selection",
-    "load_testsets": "reflectune.testsets",
+    "load_testsets": "reflectune.io.testsets",
     # errors
     "ReflectuneError": "reflectune.errors",
     "ConfigError": "reflectune.errors",

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from reflectune.store import canonical_json, content_key
+from reflectune.keys import canonical_json, content_key
 
 
 class _Frozen(BaseModel):

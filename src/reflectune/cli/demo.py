@@ -55,7 +55,7 @@ def demo_command(
     batch_size: int = typer.Option(16, help="Requests per batch on the local model."),
 ) -> None:
     """Recycle the bundled Alpaca sample with the embedded model: offline, no API key."""
-    from reflectune.recycle_run import recycle
+    from reflectune.recycling.run import recycle
 
     console = Console(stderr=True)
     config = RecycleConfig(

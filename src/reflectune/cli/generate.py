@@ -49,7 +49,7 @@ def generate_command(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
 ) -> None:
     """Answer the papers' test sets (or any prompts file) with a model: greedy, 1,024 new tokens."""
-    from reflectune.generation import generate
+    from reflectune.generation.run import generate
 
     console = Console(stderr=True)
     bar = Progress(TextColumn("generate"), BarColumn(), MofNCompleteColumn(),

@@ -67,8 +67,8 @@ def judge_command(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
 ) -> None:
     """Compare two answer files with a pairwise LLM judge, both orders (win/tie/lose, winning score)."""
-    from reflectune.judge_run import judge as run_judge
-    from reflectune.judging import Mode
+    from reflectune.judging.rules import Mode
+    from reflectune.judging.run import judge as run_judge
 
     console = Console(stderr=True)
     bar = Progress(TextColumn("judge"), BarColumn(), MofNCompleteColumn(),

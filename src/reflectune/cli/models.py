@@ -8,8 +8,8 @@ from pathlib import Path
 
 import typer
 
-from reflectune.local_models import cache_dir
-from reflectune.model_catalog import discover_models, embedded_status, size_of
+from reflectune.models.catalog import discover_models, embedded_status, size_of
+from reflectune.models.local import cache_dir
 
 __all__ = ["register"]
 

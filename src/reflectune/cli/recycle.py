@@ -89,7 +89,7 @@ def recycle_command(
     if dry_run:
         _print_estimate(console, input, config)
         return
-    from reflectune.recycle_run import recycle
+    from reflectune.recycling.run import recycle
 
     live = None if quiet else Live(console=console, refresh_per_second=4, transient=True)
     started = time.monotonic()
@@ -112,7 +112,7 @@ def recycle_command(
 
 
 def _print_estimate(console: Console, input: Path, config: RecycleConfig) -> None:
-    from reflectune.recycle_run import estimate
+    from reflectune.recycling.run import estimate
 
     est = estimate(input, config=config)
     table = Table(title=f"dry run: {input} with {config.oracle.spec}", show_header=False)

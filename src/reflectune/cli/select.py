@@ -55,7 +55,7 @@ def select_command(
     quiet: bool = typer.Option(False, "-q", help="No progress bar."),
 ) -> None:
     """Keep the pairs that suit the student (Selective Reflection-Tuning), optionally the top-k."""
-    from reflectune.select_run import select
+    from reflectune.selection.run import select
 
     if top_k is not None and ifd_top_k is not None and top_k != ifd_top_k:
         raise ConfigError("give --top-k or --ifd-top-k, not both")

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from reflectune.training_config import TrainConfig
+from reflectune.training.rules import TrainConfig
 
 _D = TrainConfig()  # the defaults live in one place: the config
 BASE_HELP = "Base model: embedded | hf:PATH | a model folder | a .gguf file."
@@ -117,7 +117,7 @@ def train_command(
 ) -> None:
     """Fine-tune a student on instruction data (TRL SFT; LoRA or full; multi-GPU via accelerate)."""
     from reflectune.errors import ConfigError
-    from reflectune.training_config import accelerate_config_path, parse_sft_overrides
+    from reflectune.training.rules import accelerate_config_path, parse_sft_overrides
 
     if print_accelerate_config:
         typer.echo(str(accelerate_config_path(print_accelerate_config)))
@@ -139,14 +139,14 @@ def train_command(
         world_size=world_size, max_samples=max_samples, sft=parse_sft_overrides(sft))
     console = Console(stderr=True)
     if dry_run:
-        from reflectune.training_plan import format_plan, plan_training
+        from reflectune.training.plan import format_plan, plan_training
 
         plan = plan_training(data, base, fields=parsed_fields, **options)
         Console().print(_plan_table(format_plan(plan)))
         return
     if output is None:
         raise ConfigError("give the output folder: -o DIR")
-    from reflectune.training import train
+    from reflectune.training.run import train
 
     with train_progress(console, quiet) as update:
         result = train(data, base, output, on_log=update, fields=parsed_fields, **options)

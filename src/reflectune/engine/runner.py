@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from reflectune.config import EngineConfig
 from reflectune.engine.limits import RateLimiter
 from reflectune.errors import OracleError, RateLimited, RunStopped, StoreError
+from reflectune.keys import canonical_json
 from reflectune.oracles.base import Oracle
-from reflectune.pricing import cost_usd
-from reflectune.store import CallRecord, Store, canonical_json
+from reflectune.oracles.pricing import cost_usd
+from reflectune.store.calls import CallRecord, Store
 from reflectune.types import ChatRequest
 
 DEFAULT_CONCURRENCY = 64

@@ -16,8 +16,8 @@ from reflectune.oracles.base import Oracle
 
 ORACLES: dict[str, str] = {
     "openai": "reflectune.oracles.openai_http:OpenAIOracle",
-    "hf": "reflectune.oracles.hf_local:HFOracle",
-    "embedded": "reflectune.oracles.hf_local:EmbeddedOracle",
+    "hf": "reflectune.oracles.local.oracle:HFOracle",
+    "embedded": "reflectune.oracles.local.oracle:EmbeddedOracle",
     "fake": "reflectune.oracles.fake:FakeOracle",
 }
 

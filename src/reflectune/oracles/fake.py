@@ -11,8 +11,8 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
+from reflectune.oracles.tokens import approx_tokens
 from reflectune.prompts.markers import BETTER_ANSWER, END, MERGED_INSTRUCTION, NEW_ANSWER, NEW_INSTRUCTION
-from reflectune.tokens import approx_tokens
 from reflectune.types import ChatRequest, Completion
 
 

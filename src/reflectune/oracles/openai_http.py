@@ -28,7 +28,7 @@ from reflectune.errors import (
     OracleUnavailable,
     RateLimited,
 )
-from reflectune.tokens import approx_tokens
+from reflectune.oracles.tokens import approx_tokens
 from reflectune.types import ChatRequest, Completion
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reflectune.store import content_key
+from reflectune.keys import content_key
 
 #: y' = GUESS_HEADER + "\n" + y + "\n" + GUESS_FOOTER (METHOD.md §5.1), the context of Q_condition.
 GUESS_HEADER = ("Below is the response to an instruction, please guess the corresponding instruction "

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from reflectune.errors import ConfigError, DataError
-from reflectune.rundir import RunFolder, default_run_dir
 from reflectune.scoring.scorer import SCORING_VERSION, IFDScorer, ScorerStats
+from reflectune.store.rundir import RunFolder, default_run_dir
 
 VARIANTS_FILE = "variants.jsonl"
 SCORES_FILE = "scores.jsonl"
@@ -150,7 +150,7 @@ def score(source: str | os.PathLike[str], *, student: str = "embedded", template
         summary = score("runs/alpaca-embedded", student="embedded")
         summary.scores  # runs/alpaca-embedded/scores.jsonl
     """
-    from reflectune.local_models import (
+    from reflectune.models.local import (
         import_torch,
         load_causal_lm,
         load_tokenizer,

@@ -23,7 +23,7 @@ from typing import Any
 
 from reflectune.scoring.batching import IFD_STATS, STATS, Item, Tokenized, pack
 from reflectune.scoring.losses import HeadCache, batch_losses
-from reflectune.store import Store
+from reflectune.store.calls import Store
 
 #: bumped when the way a loss is computed changes (part of every store namespace).
 SCORING_VERSION = 1

@@ -1,6 +1,6 @@
 """The training recipe as data: ``TrainConfig``, its validation, and the ``--sft`` pass-through.
 
-Kept apart from :mod:`reflectune.training` so that the CLI, the dry-run planner and a future
+Kept apart from :mod:`reflectune.training.run` so that the CLI, the dry-run planner and a future
 ``RunConfig`` can build and check a configuration without importing torch or TRL. Defaults are the
 papers' (METHOD.md §6) and live here only: the CLI reads its defaults from ``TrainConfig()``.
 """

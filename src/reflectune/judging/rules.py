@@ -9,7 +9,7 @@ to cancel the judge's position bias; the two outcomes combine as
 
 and a comparison is summarised by the winning score ``(W - L) / N + 1`` in ``[0, 2]`` (1 = parity).
 
-Kept apart from the runner (:mod:`reflectune.judge_run`) so each rule can be tested on every case
+Kept apart from the runner (:mod:`reflectune.judging.run`) so each rule can be tested on every case
 without a model. One deliberate departure from the reference code: a review whose score line cannot
 be read is an *error*, counted and reported, never a silent tie.
 """

@@ -3,9 +3,9 @@ embedded SmolLM2-135M-Instruct (``embedded``), micro-batched in one worker threa
 
 This module is the model-facing half: identity (name, context, fingerprint, token counts) without
 loading weights, lazy loading on the worker, chat templating, the context check, and turning each
-request's :class:`~reflectune.oracles.forcing.FormatPlan` segments into rows for one batched
+request's :class:`~reflectune.oracles.local.forcing.FormatPlan` segments into rows for one batched
 ``generate``. The queue, the worker thread and the batched generate live in
-:mod:`reflectune.oracles.hf_batching`; format forcing in :mod:`reflectune.oracles.forcing`.
+:mod:`reflectune.oracles.local.batching`; format forcing in :mod:`reflectune.oracles.local.forcing`.
 Construction is instant: nothing is loaded until the first request (or ``count_tokens``), and
 torch and transformers are imported inside methods only.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from reflectune.errors import ConfigError, OracleError, OracleRejected, ReflectuneError
-from reflectune.local_models import (
+from reflectune.models.local import (
     EMBEDDED_NAME,
     ModelSource,
     embedded_converted_dir,
@@ -33,8 +33,8 @@ from reflectune.local_models import (
     pick_dtype,
     resolve_model,
 )
-from reflectune.oracles.hf_batching import Job, MicroBatcher, Row, Sampling, deliver, generate_rows
-from reflectune.oracles.kv_rows import Past
+from reflectune.oracles.local.batching import Job, MicroBatcher, Row, Sampling, deliver, generate_rows
+from reflectune.oracles.local.kv_rows import Past
 from reflectune.types import ChatRequest, Completion
 
 __all__ = ["EmbeddedOracle", "HFOracle"]

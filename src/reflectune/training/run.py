@@ -3,7 +3,7 @@
 Why a wrapper at all: the papers' recipe (METHOD.md §6) is a handful of numbers (global batch 128,
 lr 2e-5, 3 epochs, cosine, warmup 0.03, max length 2048, the vicuna template, loss on the response
 only) that must be turned into TRL/transformers arguments the same way on one CPU and on eight GPUs.
-:class:`~reflectune.training_config.TrainConfig` holds those and a few more of our own; everything
+:class:`~reflectune.training.rules.TrainConfig` holds those and a few more of our own; everything
 else TRL offers is reachable through ``sft={"key": value}`` (``--sft KEY=VALUE``), checked against
 ``SFTConfig``'s fields.
 
@@ -32,7 +32,7 @@ from typing import Any
 
 from reflectune.errors import ConfigError, DataError
 from reflectune.prompts.student import response_separator, student_prompt
-from reflectune.training_config import (
+from reflectune.training.rules import (
     ACCELERATE_CONFIGS,
     TrainConfig,
     accelerate_config_path,
@@ -235,7 +235,7 @@ def _load_for_training(base: str, dtype: str) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from reflectune.local_models import load_tokenizer, resolve_model
+    from reflectune.models.local import load_tokenizer, resolve_model
 
     source = resolve_model(base)
     kwargs: dict[str, Any] = {"gguf_file": source.gguf_file} if source.gguf_file else {}
@@ -261,7 +261,7 @@ def build_trainer(data: str | Path | Iterable[Sample], base: str, output_dir: st
     (``trainer.train_dataset[0]["labels"]``). ``info`` holds rows, skipped counts, world size,
     gradient accumulation, device, dtype and timings.
     """
-    from reflectune.local_models import pick_device, pick_dtype
+    from reflectune.models.local import pick_device, pick_dtype
 
     cfg = make_config(config, **options)
     out = Path(output_dir)

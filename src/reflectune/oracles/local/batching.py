@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reflectune.errors import OracleError
-from reflectune.local_models import cache_keyword
-from reflectune.oracles.forcing import FORMAT_HEADER, FormatPlan, Segment
-from reflectune.oracles.kv_rows import Past, can_carry, cut_row, layout, merged_cache, prefill
+from reflectune.models.local import cache_keyword
+from reflectune.oracles.local.forcing import FORMAT_HEADER, FormatPlan, Segment
+from reflectune.oracles.local.kv_rows import Past, can_carry, cut_row, layout, merged_cache, prefill
 from reflectune.types import ChatRequest, Completion
 
 __all__ = ["Job", "MicroBatcher", "Row", "RowResult", "Sampling", "deliver", "generate_rows"]

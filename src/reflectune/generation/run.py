@@ -8,7 +8,7 @@ and a killed run resumes from the store without repeating a call.
 
 Rows are written in test-set order, to a temporary file renamed at the end, in the shape AlpacaEval
 reads (``instruction``, ``output``, ``generator``, ``dataset``) plus ``id`` and ``category`` so that
-:mod:`reflectune.judge_run` can pair two answer files by test-set identity. A failed generation is
+:mod:`reflectune.judging.run` can pair two answer files by test-set identity. A failed generation is
 never dropped: its row has an empty ``output`` and an ``error`` field, and it is counted.
 """
 
@@ -31,11 +31,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from reflectune.config import EngineConfig, OracleConfig
 from reflectune.engine.runner import Engine, EngineStats
 from reflectune.errors import ConfigError, StoreError
+from reflectune.io.testsets import EvalItem, load_prompts_file, load_testsets
+from reflectune.keys import content_key
 from reflectune.oracles import ORACLES, make_oracle
-from reflectune.pricing import price_for
-from reflectune.rundir import RunFolder, default_run_dir
-from reflectune.store import CallRecord, content_key
-from reflectune.testsets import EvalItem, load_prompts_file, load_testsets
+from reflectune.oracles.pricing import price_for
+from reflectune.store.calls import CallRecord
+from reflectune.store.rundir import RunFolder, default_run_dir
 from reflectune.types import ChatRequest, Message
 
 __all__ = [
@@ -119,7 +120,7 @@ def default_generator(spec: str) -> str:
     """The ``generator`` name written to each row: the model's name, not the backend's."""
     backend, _, arg = spec.partition(":")
     if backend == "embedded":
-        from reflectune.local_models import EMBEDDED_NAME
+        from reflectune.models.local import EMBEDDED_NAME
 
         return EMBEDDED_NAME
     if not arg:

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from reflectune.errors import ConfigError, DataError
-from reflectune.rundir import RunFolder, default_run_dir, read_manifest
 from reflectune.scoring.run import SCORES_FILE, VARIANTS_FILE, ScoreProgress, is_run_folder, score
-from reflectune.selection import METRICS, Choice, TopK, choose_variant, count_outcomes, parse_top_k
+from reflectune.selection.rules import METRICS, Choice, TopK, choose_variant, count_outcomes, parse_top_k
+from reflectune.store.rundir import RunFolder, default_run_dir, read_manifest
 from reflectune.types import Sample
 
 _SUFFIX = {"json": ".json", "jsonl": ".jsonl", "parquet": ".parquet", "csv": ".csv", "hf_disk": ""}
@@ -149,7 +149,7 @@ def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None
         if spec is not None:
             ranked = [choices[i].ifd for i in keep]
             pool = len(choices) if mode == "cherry" else len(keep)
-            from reflectune.selection import select_top_k
+            from reflectune.selection.rules import select_top_k
 
             keep = sorted(keep[j] for j in select_top_k(ranked, spec, pool=pool))
         keep_set = set(keep)

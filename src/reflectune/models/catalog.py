@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from reflectune.errors import ConfigError
-from reflectune.local_models import (
+from reflectune.models.local import (
     EMBEDDED_SHA256,
     EMBEDDED_WHEEL,
     embedded_converted_dir,

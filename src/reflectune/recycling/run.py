@@ -23,9 +23,9 @@ from reflectune.engine.runner import Engine, EngineStats
 from reflectune.errors import ConfigError, DataError, ReflectuneError
 from reflectune.io import DatasetWriter, RejectSink, detect_format, output_format, read_samples
 from reflectune.oracles import make_oracle
-from reflectune.pricing import price_for
+from reflectune.oracles.pricing import price_for
 from reflectune.prompts.render import INSTRUCTION, MERGE, RESPONSE, RESPONSE_INPUT, load_template, render
-from reflectune.recycle import (
+from reflectune.recycling.rules import (
     RecycleProgress,
     Reflector,
     SampleResult,
@@ -34,7 +34,7 @@ from reflectune.recycle import (
     output_columns,
     run_samples,
 )
-from reflectune.rundir import RunFolder, default_run_dir
+from reflectune.store.rundir import RunFolder, default_run_dir
 
 TICK_SECONDS = 0.5
 MANIFEST_SECONDS = 5.0
@@ -276,7 +276,7 @@ def estimate(input: str | os.PathLike[str], *, config: RecycleConfig | None = No
                 EXPECTED_REFLECTION_TOKENS)
     if rows == 0:
         raise ConfigError(f"{src}: nothing to recycle")
-    from reflectune.tokens import exact_tokens_available
+    from reflectune.oracles.tokens import exact_tokens_available
 
     exact = config.oracle.spec.split(":")[0] in ("hf", "embedded") or \
         exact_tokens_available(config.oracle.spec.partition(":")[2])

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from reflectune.errors import StoreError
-from reflectune.store import RunLock, Store
+from reflectune.store.calls import Store
+from reflectune.store.lock import RunLock
 
 MANIFEST = "run.json"
 STORE = "store.sqlite"

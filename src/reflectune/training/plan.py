@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from reflectune.errors import ConfigError
-from reflectune.training import build_examples, load_training_samples
-from reflectune.training_config import TrainConfig, make_config, resolve_world_size
+from reflectune.training.rules import TrainConfig, make_config, resolve_world_size
+from reflectune.training.run import build_examples, load_training_samples
 from reflectune.types import Sample
 
 __all__ = ["TrainPlan", "format_plan", "plan_training"]
@@ -141,7 +141,7 @@ def plan_training(data: str | Path | Iterable[Sample], base: str, *, config: Tra
         plan = plan_training("recycled.json", "hf:/models/llama-2-7b", world_size=8)
         assert plan.effective_batch == 128 and plan.gradient_accumulation == 4
     """
-    from reflectune.local_models import load_tokenizer, pick_device, pick_dtype, resolve_model
+    from reflectune.models.local import load_tokenizer, pick_device, pick_dtype, resolve_model
 
     cfg = make_config(config, **options)
     world = resolve_world_size(cfg)

@@ -1,6 +1,6 @@
 """``judge()``: compare two answer files with an LLM judge, both orders, resumably.
 
-The rules live in :mod:`reflectune.judging` (pure); this module does the I/O around them: read and
+The rules live in :mod:`reflectune.judging.rules` (pure); this module does the I/O around them: read and
 pair the two answer files, send every judge call through the engine (concurrency, rate limits,
 retries, cost, and resume from the run folder's store), re-ask unparsed reviews when asked to, and
 write the results: ``judgments.jsonl`` (every review), ``judge.json`` (the report) and a PNG chart
@@ -27,8 +27,9 @@ from pydantic import ValidationError
 from reflectune.config import EngineConfig, OracleConfig
 from reflectune.engine.runner import Engine, EngineStats
 from reflectune.errors import ConfigError, DataError
-from reflectune.generation import config_error
-from reflectune.judging import (
+from reflectune.generation.run import config_error
+from reflectune.io.testsets import read_records
+from reflectune.judging.rules import (
     MODES,
     Mode,
     Outcome,
@@ -42,9 +43,8 @@ from reflectune.judging import (
     verdict_outcome,
 )
 from reflectune.oracles import make_oracle
-from reflectune.pricing import price_for
-from reflectune.rundir import RunFolder, default_run_dir, write_json_atomic
-from reflectune.testsets import read_records
+from reflectune.oracles.pricing import price_for
+from reflectune.store.rundir import RunFolder, default_run_dir, write_json_atomic
 
 __all__ = [
     "JUDGE_STAGE",
@@ -485,7 +485,7 @@ def judge(
         report: the JSON report (default ``judge.json`` in the run folder); ``chart``: the PNG
             (default next to the report; ``False`` for none).
         name_a, name_b: labels (default: the files' ``generator``).
-        Other arguments: the oracle and engine settings, as for :func:`reflectune.generation.generate`.
+        Other arguments: the oracle and engine settings, as for :func:`reflectune.generation.run.generate`.
 
     Returns:
         A :class:`JudgeReport`: W/T/L, winning score, errors per test set, overall and per category.

@@ -4,15 +4,10 @@ Resume is a cache lookup: a call's key is a hash of everything that determines i
 rerun finds finished work and makes only the calls that are missing. SQLite in WAL mode survives a
 kill -9 at any instant (a commit is either in the log or not), is readable with any SQLite tool, and
 needs no server. Nothing is pickled: payloads are JSON text.
-
-One process owns a run folder at a time: ``RunLock`` takes an exclusive ``flock`` on ``run.lock``
-and a second process is refused with a clear message.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
 import sqlite3
@@ -23,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from reflectune.errors import StoreError
+from reflectune.keys import canonical_json
 
 # Numbered migrations: index i brings the schema from version i to i + 1. Append only.
 MIGRATIONS: list[str] = [
@@ -54,15 +50,6 @@ MIGRATIONS: list[str] = [
     );
     """,
 ]
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-
-
-def content_key(*parts: Any) -> str:
-    """sha256 over canonical JSON: the cache key of anything deterministic."""
-    return hashlib.sha256(canonical_json(list(parts)).encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,44 +192,3 @@ class Store:
         for key, value in self._db.execute(
                 "SELECT key, value FROM results WHERE namespace = ? ORDER BY key", (namespace,)):
             yield key, json.loads(value)
-
-
-class RunLock:
-    """Exclusive, process-lifetime lock on a run folder (released by the OS on kill -9)."""
-
-    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
-        self.path = Path(run_dir) / "run.lock"
-        self._fh: Any = None
-
-    def acquire(self) -> RunLock:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(self.path, "a+")  # noqa: SIM115 - held for the run's lifetime
-        except OSError as exc:
-            raise StoreError(f"{self.path.parent}: cannot use the run folder ({exc.strerror})") from None
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            fh.close()
-            raise StoreError(f"{self.path.parent} is in use by {holder}; wait for it to finish "
-                             "or use another --run-dir") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"reflectune pid {os.getpid()}")
-        fh.flush()
-        self._fh = fh
-        return self
-
-    def release(self) -> None:
-        if self._fh is not None:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()

@@ -1,0 +1,5 @@
+"""Generation: a model answers the papers' test sets (or any prompts), resumably, in AlpacaEval's schema."""
+
+from reflectune.generation.run import GenerateConfig, GenerateSummary, agenerate, generate
+
+__all__ = ["GenerateConfig", "GenerateSummary", "agenerate", "generate"]

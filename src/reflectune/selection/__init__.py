@@ -1,0 +1,9 @@
+"""Selection (METHOD.md §5.2): each sample keeps the version its student finds useful, by IFD and r-IFD.
+
+``rules`` is the selection rule and the top-k cut, pure; ``run`` reads scores and writes the dataset.
+"""
+
+from reflectune.selection.rules import Choice, TopK, choose_variant, parse_top_k, select_top_k
+from reflectune.selection.run import SelectSummary, select
+
+__all__ = ["Choice", "SelectSummary", "TopK", "choose_variant", "parse_top_k", "select", "select_top_k"]

@@ -1,0 +1,11 @@
+"""Training (METHOD.md §6): the student fine-tuned on the selected data with TRL, LoRA or full.
+
+``rules`` is the recipe as data and its checks, ``plan`` the dry-run estimate, ``run`` the trainer.
+torch, transformers, trl and peft load only when training starts.
+"""
+
+from reflectune.training.plan import TrainPlan, plan_training
+from reflectune.training.rules import TrainConfig
+from reflectune.training.run import TrainResult, train
+
+__all__ = ["TrainConfig", "TrainPlan", "TrainResult", "plan_training", "train"]
