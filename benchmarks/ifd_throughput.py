@@ -147,7 +147,7 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
     machine falls on all three alike."""
     import torch
 
-    from reflectune.models.local import load_causal_lm
+    from reflectune.models import load_causal_lm
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -342,7 +342,8 @@ def main() -> None:
     info = machine_info(["torch", "transformers"])
 
     # 1. start-up, each in a fresh process: cold converts the GGUF into a fresh cache
-    from reflectune.models.local import cache_dir, ensure_embedded
+    from reflectune.models import ensure_embedded
+    from reflectune.models.source import cache_dir
 
     ensure_embedded()
     with tempfile.TemporaryDirectory() as fresh:

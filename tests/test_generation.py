@@ -9,15 +9,12 @@ from pathlib import Path
 import pytest
 
 from reflectune.cli import main
+from reflectune.config import GenerateConfig
 from reflectune.errors import ConfigError
-from reflectune.generation.run import (
-    GenerateConfig,
-    default_generator,
-    generate,
-    generation_request,
-    resolve_model_spec,
-)
+from reflectune.generation.rules import generation_request
+from reflectune.generation.run import generate
 from reflectune.io.testsets import EvalItem, load_testset
+from reflectune.oracles import model_name, resolve_spec
 from reflectune.testing.server import running_server
 
 ALPACA_EVAL_KEYS = {"instruction", "output", "generator", "dataset"}
@@ -43,14 +40,14 @@ def test_requests_follow_the_papers_settings() -> None:
 def test_model_specs_and_generator_names(tmp_path: Path) -> None:
     folder = tmp_path / "my-model"
     folder.mkdir()
-    assert resolve_model_spec("embedded") == "embedded"
-    assert resolve_model_spec("openai:gpt-4o-mini") == "openai:gpt-4o-mini"
-    assert resolve_model_spec(str(folder)) == f"hf:{folder}"
-    assert resolve_model_spec("weights/model.Q4_K_M.gguf") == "hf:weights/model.Q4_K_M.gguf"
-    assert default_generator(f"hf:{folder}/") == "my-model"
-    assert default_generator("hf:weights/model.gguf") == "model"
-    assert default_generator("openai:gpt-4o-mini") == "gpt-4o-mini"
-    assert default_generator("embedded") == "SmolLM2-135M-Instruct"
+    assert resolve_spec("embedded") == "embedded"
+    assert resolve_spec("openai:gpt-4o-mini") == "openai:gpt-4o-mini"
+    assert resolve_spec(str(folder)) == f"hf:{folder}"
+    assert resolve_spec("weights/model.Q4_K_M.gguf") == "hf:weights/model.Q4_K_M.gguf"
+    assert model_name(f"hf:{folder}/") == "my-model"
+    assert model_name("hf:weights/model.gguf") == "model"
+    assert model_name("openai:gpt-4o-mini") == "gpt-4o-mini"
+    assert model_name("embedded") == "SmolLM2-135M-Instruct"
     with pytest.raises(ConfigError, match="invalid option max_tokens"):
         generate(model="fake", testset="vicuna", max_tokens=0)
 

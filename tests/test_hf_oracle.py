@@ -17,7 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from reflectune.errors import ConfigError, OracleRejected
-from reflectune.models.local import embedded_converted_dir, embedded_gguf_path, ensure_embedded
+from reflectune.models import ensure_embedded
+from reflectune.models.source import embedded_converted_dir, embedded_gguf_path
 from reflectune.oracles import Oracle, make_oracle
 from reflectune.oracles.local.forcing import FormatPlan
 from reflectune.oracles.local.oracle import EmbeddedOracle, HFOracle
@@ -123,10 +124,10 @@ async def test_forced_formats(oracle):
 
 async def test_carried_keys_and_values_change_nothing_but_the_work(oracle, monkeypatch):
     import reflectune.oracles.local.oracle as hf_local
-    from reflectune.oracles import hf_batching
+    from reflectune.oracles.local import decoding
 
     fed: list[int] = []  # tokens each generate call had to read (not covered by a past)
-    inner = hf_batching.generate_rows
+    inner = decoding.generate_rows
 
     def counting(model, tokenizer, rows, sampling, **kwargs):
         fed.extend(len(row.ids) - row.reuse for row in rows)
@@ -152,7 +153,8 @@ async def test_carried_keys_and_values_change_nothing_but_the_work(oracle, monke
 def test_chunked_decoding_equals_one_generate(oracle):
     """Rows decoded a few steps at a time, going back with their keys and values (continuous
     batching), give the tokens one ``generate`` gives: plain rows and forced sections alike."""
-    from reflectune.oracles.local.batching import Row, Sampling, generate_rows
+    from reflectune.oracles.local.decoding import generate_rows
+    from reflectune.oracles.local.rows import Row, Sampling
 
     model, tok = oracle._model, oracle._tokenizer
     texts = ["Give three tips for staying healthy.", "Write a haiku about rain, then explain it.",
@@ -293,8 +295,9 @@ def test_a_section_ends_where_the_model_replays_the_prompt():
 def test_a_section_ends_at_a_format_header_line(header):
     import torch
 
-    from reflectune.models.local import load_tokenizer, resolve_model
-    from reflectune.oracles.local.batching import Row, _RowStopper
+    from reflectune.models import load_tokenizer, resolve_model
+    from reflectune.oracles.local.rows import Row
+    from reflectune.oracles.local.stopping import RowStopper
 
     answer = "Debugging means finding errors.\nSincerely,\n[Your Name]\n\n[Chorus]\nLa la."
     text = f"{answer}\n\n{header}\nDebugging means finding errors again"
@@ -307,7 +310,7 @@ def test_a_section_ends_at_a_format_header_line(header):
     tok = load_tokenizer(resolve_model("embedded"))
     ids = tok(text, add_special_tokens=False).input_ids
     for end_loops in (True, False):  # only forced sections end there; placeholders never do
-        stopper = _RowStopper(tok, 1, [Row([0], 500, ("[End]",), end_loops=end_loops)], set())
+        stopper = RowStopper(tok, 1, [Row([0], 500, ("[End]",), end_loops=end_loops)], set())
         for k in range(len(ids)):
             if stopper(torch.tensor([[0, *ids[:k + 1]]]), None)[0]:
                 break
@@ -321,11 +324,12 @@ def test_a_section_ends_at_a_format_header_line(header):
 def test_a_forced_section_cannot_start_empty():
     import torch
 
-    from reflectune.oracles.local.batching import Row, _NoEmptySection
+    from reflectune.oracles.local.rows import Row
+    from reflectune.oracles.local.stopping import NoEmptySection
 
     classes = {"blank": frozenset({5}), "bracket": frozenset({7}), "digits": frozenset()}
     rows = [Row([1, 2], 9, end_loops=True), Row([1, 2], 9)]  # a forced section, a plain row
-    guard = _NoEmptySection(2, rows, {0}, classes)
+    guard = NoEmptySection(2, rows, {0}, classes)
     scores = guard(torch.tensor([[1, 2], [1, 2]]), torch.zeros(2, 9))
     assert scores[0, 0] == scores[0, 7] == -float("inf") and torch.isfinite(scores[0, 1:7]).all()
     assert torch.isfinite(scores[1]).all()  # plain rows may end at once
@@ -338,8 +342,9 @@ def test_a_forced_section_cannot_start_empty():
 def test_stopper_ends_a_loop_that_varies_only_in_spacing_and_numbers():
     import torch
 
-    from reflectune.models.local import load_tokenizer, resolve_model
-    from reflectune.oracles.local.batching import Row, _RowStopper
+    from reflectune.models import load_tokenizer, resolve_model
+    from reflectune.oracles.local.rows import Row
+    from reflectune.oracles.local.stopping import RowStopper
 
     tok = load_tokenizer(resolve_model("embedded"))
     text = "Fine start.\n1. The answer is not good for the task at all." + "".join(
@@ -347,7 +352,7 @@ def test_stopper_ends_a_loop_that_varies_only_in_spacing_and_numbers():
         ((2, "\n\n"), (3, " "), (4, "\n"), (5, " ")))
     ids = tok(text, add_special_tokens=False).input_ids
     for end_loops in (True, False):
-        stopper = _RowStopper(tok, 1, [Row([0], 500, end_loops=end_loops)], set())
+        stopper = RowStopper(tok, 1, [Row([0], 500, end_loops=end_loops)], set())
         for k in range(len(ids)):
             done = stopper(torch.tensor([[0, *ids[:k + 1]]]), None)
             if done[0]:
@@ -361,18 +366,18 @@ def test_stopper_ends_a_loop_that_varies_only_in_spacing_and_numbers():
 
 
 def test_loop_period_finds_verbatim_loops_only():
-    from reflectune.oracles.local.batching import _loop_period
+    from reflectune.oracles.local.stopping import loop_period
 
     block = list(range(100, 110))
-    assert _loop_period([5, 6, *block * 3]) == (10, 3)  # three copies of a 10-token block
-    assert _loop_period([5, 6, *block * 2]) == (0, 0)
+    assert loop_period([5, 6, *block * 3]) == (10, 3)  # three copies of a 10-token block
+    assert loop_period([5, 6, *block * 2]) == (0, 0)
     sentence = list(range(200, 240))
-    assert _loop_period([5, *sentence * 2]) == (40, 2)  # a 40-token sentence twice is enough
-    assert _loop_period([5, *sentence, *sentence[:-1]]) == (0, 0)
-    assert _loop_period([*range(50), *[7] * 24]) == (1, 24)  # short blocks need a 24-token span
-    assert _loop_period([*range(50), *[7] * 23]) == (0, 0)
-    assert _loop_period(list(range(300))) == (0, 0)
-    assert _loop_period([1, 2, 3] * 3) == (0, 0)
+    assert loop_period([5, *sentence * 2]) == (40, 2)  # a 40-token sentence twice is enough
+    assert loop_period([5, *sentence, *sentence[:-1]]) == (0, 0)
+    assert loop_period([*range(50), *[7] * 24]) == (1, 24)  # short blocks need a 24-token span
+    assert loop_period([*range(50), *[7] * 23]) == (0, 0)
+    assert loop_period(list(range(300))) == (0, 0)
+    assert loop_period([1, 2, 3] * 3) == (0, 0)
 
 
 def test_plain_plan_trims_stop_strings():

@@ -23,7 +23,6 @@ from reflectune.judging.rules import (
     winning_score,
 )
 from reflectune.judging.run import Answer, judge, pair_answers, read_answers, write_chart
-from reflectune.prompts.judge import SCORE_CRITERIA
 from reflectune.prompts.markers import JUDGE_ANSWER_1, JUDGE_ANSWER_2
 from reflectune.testing.server import running_server
 
@@ -116,7 +115,8 @@ def test_judge_prompt_keeps_the_protocol_headers() -> None:
              JUDGE_ANSWER_2, "second answer", "[The End of Assistant 2's Answer]", "[System]"]
     positions = [text.index(marker) for marker in order]
     assert positions == sorted(positions)
-    assert SCORE_CRITERIA in text and "separated by a space" in text and "order" in text
+    assert text.endswith("does not affect your judgment.\n\n")  # the papers' criteria, last
+    assert "separated by a space" in text and "order" in text
     assert request.temperature == 0.0 and request.max_tokens == 1024
     retry = judge_request("What?", "first answer", "second answer", reminder=True)
     assert len(retry.messages) == 3 and "reminder" in retry.messages[2].content.lower()

@@ -31,7 +31,7 @@ def rows() -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def fp32():
-    from reflectune.models.local import load_causal_lm
+    from reflectune.models import load_causal_lm
 
     return load_causal_lm("embedded", device="cpu", dtype="float32")
 
@@ -143,7 +143,7 @@ def test_vllm_matches_transformers(rows, tmp_path: Path) -> None:
 
 def test_bf16_drift_is_small(rows, fp32) -> None:
     """bf16 is not exact; record how far it drifts (on a few rows: emulated bf16 is slow on AVX2)."""
-    from reflectune.models.local import load_causal_lm
+    from reflectune.models import load_causal_lm
 
     model32, tokenizer = fp32
     model16, _ = load_causal_lm("embedded", device="cpu", dtype="bfloat16")

@@ -77,7 +77,7 @@ def _generate(model_dir: Path) -> str:
 
 
 def _base_state() -> dict[str, torch.Tensor]:
-    from reflectune.models.local import load_causal_lm
+    from reflectune.models import load_causal_lm
 
     model, _ = load_causal_lm("embedded", device="cpu", dtype="float32")
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -106,7 +106,7 @@ def test_full_finetune_lowers_loss_changes_weights_and_reloads(full_run: tuple[o
     changed = [k for k in base if not torch.equal(base[k], trained[k].float())]
     assert len(changed) > 0.9 * len(base)
     _generate(out)
-    from reflectune.models.local import resolve_model
+    from reflectune.models import resolve_model
 
     assert resolve_model(f"hf:{out}").path == out
 

@@ -1,17 +1,94 @@
-"""Typed, defaulted configuration: one frozen model per stage, all inside ``RecycleConfig``.
+"""Typed, defaulted configuration: one frozen pydantic model per stage, gathered in ``RunConfig``.
 
 Unknown keys fail (``extra="forbid"``), so a typo in a YAML file or a Python call is an error, not
-a silently ignored option. The resolved config and its hash go into ``run.json``. Secrets are not
-configuration: only the *name* of the environment variable holding the key is stored.
+a silently ignored option. Defaults are written here once: the CLI and the verbs read them from
+these models. ``validated`` is the one place a pydantic error becomes a one-line ``ConfigError``.
+The resolved config and its hash go into ``run.json``. Secrets are not configuration: only the
+*name* of the environment variable holding the key is stored.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import difflib
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from reflectune.errors import ConfigError
 from reflectune.keys import canonical_json, content_key
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def config_error(exc: ValidationError) -> ConfigError:
+    """pydantic's first complaint as a one-line ``ConfigError`` naming the option."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return ConfigError(f"unknown option {where}")
+    return ConfigError(f"invalid option {where}: {first['msg']}")
+
+
+def validated(model: type[M], /, **values: Any) -> M:
+    """``model(**values)``, or a ``ConfigError`` naming the first bad option (with a did-you-mean)."""
+    unknown = [k for k in values if k not in model.model_fields]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(model.model_fields), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"unknown option '{unknown[0]}'{hint}")
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        raise config_error(exc) from None
+
+
+def _given(updates: Mapping[str, Any]) -> dict[str, Any]:
+    """``updates`` without the ``None`` values (keyword arguments left out), nested dicts included."""
+    out: dict[str, Any] = {}
+    for key, value in updates.items():
+        if isinstance(value, Mapping) and not isinstance(value, BaseModel):
+            value = _given(value)
+            if value:
+                out[key] = value
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def _deep_merge(base: dict[str, Any], updates: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in updates.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def merged(model: type[M], config: M | None, updates: Mapping[str, Any]) -> M:
+    """``config`` (or the defaults) with the keyword arguments a verb was given (not ``None``).
+
+    ``updates`` may nest (``{"engine": {"rpm": 60}}``); each value left at ``None`` keeps the
+    config's. This is how every verb takes both a Config and keyword arguments as a convenience.
+    """
+    if config is not None and not isinstance(config, model):
+        raise ConfigError(f"expected a {model.__name__}, got {type(config).__name__}")
+    given = _given(updates)
+    if not given:
+        return config if config is not None else validated(model)
+    base = config.model_dump() if config is not None else {}
+    return validated(model, **_deep_merge(base, given))
+
+
+def with_options(model: type[M], config: M | None, options: Mapping[str, Any]) -> M:
+    """A verb's config: ``config`` (or the defaults) with keyword ``options`` applied, validated."""
+    if config is not None and not isinstance(config, model):
+        raise ConfigError(f"expected a {model.__name__}, got {type(config).__name__}")
+    if not options:
+        return config if config is not None else validated(model)
+    base = config.model_dump() if config is not None else {}
+    return validated(model, **(base | dict(options)))
 
 
 class _Frozen(BaseModel):
@@ -84,3 +161,183 @@ class RecycleConfig(_Frozen):
         if not value:
             raise ValueError("at least one phase is needed")
         return tuple(dict.fromkeys(value))
+
+
+# -- scoring and selection ---------------------------------------------------------------------
+
+#: The prompt templates a student sees (METHOD.md §5.1, §6); ``chat`` uses the tokenizer's own.
+STUDENT_TEMPLATES: tuple[str, ...] = ("vicuna", "alpaca", "wiz", "chat")
+
+
+class ScoreConfig(_Frozen):
+    """How a student scores IFD and r-IFD (METHOD.md §5.1). Checked when the run starts."""
+
+    student: str = "embedded"
+    template: str = "vicuna"
+    max_length: int = 2048
+    batch_tokens: int = 8192
+    dtype: str | None = None
+    device: str | None = None
+    backend: str = "hf"
+    fields: dict[str, str] | None = None
+    fmt: str | None = None
+    chunk_size: int = 1024
+    threads: int | None = None
+    rifd: bool | None = None
+
+
+class SelectConfig(_Frozen):
+    """Which candidate each sample keeps (METHOD.md §5.2), and the optional top-k cut.
+
+    The scoring options default to ``None``: finished scores are reused as they are unless one of
+    them is given and differs.
+    """
+
+    top_k: str | int | None = None
+    below_one_filter: bool = True
+    metric: str = "ppl_ratio"
+    student: str | None = None
+    template: str | None = None
+    max_length: int | None = None
+    batch_tokens: int = 8192
+    dtype: str | None = None
+    device: str | None = None
+    threads: int | None = None
+    fields: dict[str, str] | None = None
+    fmt: str | None = None
+    output_format: str | None = None
+
+
+# -- generation and judging --------------------------------------------------------------------
+
+class GenerateConfig(_Frozen):
+    """Everything that decides the answers (saved in ``run.json``). The papers' settings by default."""
+
+    model: OracleConfig = OracleConfig()
+    engine: EngineConfig = EngineConfig()
+    max_tokens: int = Field(1024, gt=0, description="max new tokens per answer")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = None
+
+
+JudgeMode = Literal["score", "pair-v2"]
+
+
+class JudgeConfig(_Frozen):
+    """The judge and its protocol (METHOD.md §7.1): both orders, ``score`` or ``pair-v2``."""
+
+    judge: OracleConfig = OracleConfig()
+    engine: EngineConfig = EngineConfig()
+    mode: str = "score"
+    retry_unparsed: bool = False
+    max_tokens: int | None = 1024
+
+
+# -- training ----------------------------------------------------------------------------------
+
+DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj"
+
+# SFTConfig keys that TrainConfig owns: ``--sft`` may not set them behind the config's back.
+OWNED_SFT_KEYS = {
+    "num_train_epochs": "epochs", "learning_rate": "learning_rate", "warmup_steps": "warmup_ratio",
+    "warmup_ratio": "warmup_ratio", "weight_decay": "weight_decay", "lr_scheduler_type": "lr_scheduler",
+    "max_length": "max_length", "per_device_train_batch_size": "per_device_batch",
+    "gradient_accumulation_steps": "global_batch", "seed": "seed", "save_steps": "save_steps",
+    "save_total_limit": "save_total_limit", "report_to": "report_to", "bf16": "dtype", "fp16": "dtype",
+    "gradient_checkpointing": "gradient_checkpointing",
+    "activation_checkpointing": "gradient_checkpointing", "output_dir": "output_dir (-o)",
+    "completion_only_loss": "template (loss is always on the response)",
+}
+
+
+def did_you_mean(name: str, choices: Any) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class TrainConfig(_Frozen):
+    """The training recipe. Defaults are the papers' (METHOD.md §6); ``sft`` passes anything else to
+    TRL's ``SFTConfig`` (JSON values, e.g. ``{"logging_steps": 1, "optim": "adamw_torch_fused"}``)."""
+
+    epochs: float = 3.0
+    learning_rate: float = 2e-5
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    lr_scheduler: str = "cosine"
+    max_length: int = 2048
+    global_batch: int = 128
+    per_device_batch: int = 4
+    template: str = "vicuna"
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: str = DEFAULT_LORA_TARGETS
+    merge: bool = True
+    dtype: str = "auto"
+    gradient_checkpointing: bool = True
+    seed: int = 42
+    save_steps: int = 500
+    save_total_limit: int | None = 2
+    resume: bool = False
+    report_to: str = "none"
+    world_size: int | None = None
+    max_samples: int | None = None
+    sft: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.template not in STUDENT_TEMPLATES:
+            hint = did_you_mean(self.template, STUDENT_TEMPLATES)
+            raise ConfigError(f"unknown template '{self.template}'{hint}: "
+                              f"choose {', '.join(STUDENT_TEMPLATES)}")
+        for name in ("global_batch", "per_device_batch", "max_length", "save_steps", "lora_r"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.epochs <= 0 or self.learning_rate <= 0:
+            raise ConfigError("epochs and learning_rate must be positive")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
+            raise ConfigError(f"dtype must be auto, bfloat16, float16 or float32, got '{self.dtype}'")
+        if self.report_to not in ("none", "tensorboard", "wandb"):
+            raise ConfigError(f"report_to must be none, tensorboard or wandb, got '{self.report_to}'")
+        if self.world_size is not None and self.world_size < 1:
+            raise ConfigError(f"world_size must be at least 1, got {self.world_size}")
+        for key in self.sft:
+            if key in OWNED_SFT_KEYS:
+                raise ConfigError(f"--sft {key}=...: set `{OWNED_SFT_KEYS[key]}` instead "
+                                  "(reflectune owns that setting)")
+        return self
+
+    def lora_target_modules(self) -> str | list[str]:
+        if self.lora_targets.strip() == "all-linear":
+            return "all-linear"
+        targets = [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+        if not targets:
+            raise ConfigError("lora_targets is empty: give module names (q_proj,v_proj) or all-linear")
+        return targets
+
+    def grad_accumulation(self, world_size: int) -> int:
+        """global batch / (per-device batch x world size); it must divide exactly."""
+        per_step = self.per_device_batch * world_size
+        if self.global_batch % per_step:
+            raise ConfigError(
+                f"global batch {self.global_batch} is not divisible by per-device batch "
+                f"{self.per_device_batch} x world size {world_size} = {per_step}: change --global-batch "
+                "or --per-device-batch")
+        return self.global_batch // per_step
+
+
+# -- the whole method --------------------------------------------------------------------------
+
+class RunConfig(_Frozen):
+    """One experiment: a section per stage (METHOD.md §4-§7). A pipeline file loads into this."""
+
+    recycle: RecycleConfig = RecycleConfig()
+    score: ScoreConfig = ScoreConfig()
+    select: SelectConfig = SelectConfig()
+    train: TrainConfig = TrainConfig()
+    generate: GenerateConfig = GenerateConfig()
+    judge: JudgeConfig = JudgeConfig()

@@ -6,6 +6,8 @@ from typing import Any
 
 from rich.table import Table
 
+from reflectune.contracts import PREFERENCE
+
 
 def _eta(done: int, total: int | None, elapsed: float) -> str:
     if not total or done == 0 or done >= total:
@@ -37,7 +39,7 @@ def summary_table(summary: Any) -> Table:
     table.add_column("what")
     table.add_column("count", justify="right")
     table.add_row("rows written", f"{summary.rows:,}")
-    for name in ("QA", "Q", "A", "ori"):
+    for name in PREFERENCE:
         if summary.chosen.get(name):
             table.add_row(f"  kept {name}", f"{summary.chosen[name]:,}")
     if summary.passthrough:

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from reflectune.models.catalog import discover_models, embedded_status, size_of
-from reflectune.models.local import cache_dir
+from reflectune.models.source import cache_dir
 
 __all__ = ["register"]
 

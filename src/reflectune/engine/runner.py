@@ -29,12 +29,19 @@ from reflectune.config import EngineConfig
 from reflectune.engine.limits import RateLimiter
 from reflectune.errors import OracleError, RateLimited, RunStopped, StoreError
 from reflectune.keys import canonical_json
-from reflectune.oracles.base import Oracle
-from reflectune.oracles.pricing import cost_usd
+from reflectune.oracles.base import Oracle, Prices
+from reflectune.oracles.pricing import cost_usd, with_overrides
 from reflectune.store.calls import CallRecord, Store
 from reflectune.types import ChatRequest
 
 DEFAULT_CONCURRENCY = 64
+
+
+class _Unset:
+    """Marks an argument left out (``None`` is a meaningful price: unknown)."""
+
+
+UNSET = _Unset()
 
 
 @dataclass
@@ -68,15 +75,16 @@ class Engine:
     """
 
     def __init__(self, oracle: Oracle, store: Store, config: EngineConfig | None = None, *,
-                 prices: tuple[float, float] | None = (0.0, 0.0),
+                 prices: Prices | _Unset | None = UNSET,
                  sleep: Callable[[float], object] = asyncio.sleep) -> None:
         self.oracle = oracle
         self.store = store
         self.config = config or EngineConfig()
+        if isinstance(prices, _Unset):  # the backend's own price, unless the config overrides it
+            prices = with_overrides(oracle.capabilities.price, self.config.price_in, self.config.price_out)
         self.prices = prices
         self.stats = EngineStats(cost_known=prices is not None)
-        concurrency = self.config.concurrency or getattr(oracle, "preferred_concurrency",
-                                                         DEFAULT_CONCURRENCY)
+        concurrency = self.config.concurrency or oracle.capabilities.concurrency or DEFAULT_CONCURRENCY
         self.concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
         self._limiter = RateLimiter(self.config.rpm, self.config.tpm)

@@ -1,6 +1,6 @@
 """``DatasetWriter``: recycled rows out, in the input's own shape, all or nothing.
 
-Nothing is written in place. Rows go to ``<path>.tmp`` beside the target and the temp file is renamed
+Nothing is written in place. Rows go to a unique temporary name beside the target (``io.atomic``), renamed
 over the target only when the writer closes without an exception, so a killed run never leaves half a
 file where a good one was. JSON and JSON lines stream straight to the temp file; the columnar formats
 spool first (see ``tabular``). Output is a pure function of the rows written: keys keep the order
@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from reflectune.errors import ConfigError, StoreError
 from reflectune.io import tabular
+from reflectune.io.atomic import remove_stale, temp_path
 from reflectune.io.fields import resolve_fields
 from reflectune.io.formats import check_format, output_format
 from reflectune.io.shapes import to_record
@@ -47,7 +48,7 @@ class DatasetWriter:
         self.fmt = check_format(fmt) if fmt is not None else output_format(path)
         self.fields = resolve_fields(fields)
         self.count = 0
-        self.tmp = Path(f"{self.path}.tmp")
+        self.tmp = temp_path(self.path)
         self._file: IO[bytes] | None = None
         self._spool: tabular.Spool | None = None
         if self.fmt != "hf_disk" and self.path.is_dir():
@@ -70,10 +71,11 @@ class DatasetWriter:
         """Create the temp file; ``__enter__`` calls this."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale(self.path)  # what a killed writer of this file left
             if self.fmt in ("json", "jsonl"):
                 self._file = open(self.tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
             else:
-                self._spool = tabular.Spool(Path(f"{self.path}.tmp.spool"))
+                self._spool = tabular.Spool(Path(f"{self.tmp}.spool"))
         except OSError as exc:
             raise self._os_error(exc) from None
 
@@ -136,7 +138,7 @@ class DatasetWriter:
         if self._spool is not None:
             self._spool.finish()
             self._spool = None
-        for leftover in (self.tmp, Path(f"{self.path}.tmp.spool"), Path(f"{self.path}.tmp.arrow")):
+        for leftover in (self.tmp, Path(f"{self.tmp}.spool"), Path(f"{self.tmp}.arrow")):
             _remove(leftover)
 
     def _finish_spool(self, spool: tabular.Spool) -> None:
@@ -162,7 +164,7 @@ class DatasetWriter:
         datasets = import_datasets()
         from datasets.table import MemoryMappedTable
 
-        arrow = Path(f"{self.path}.tmp.arrow")
+        arrow = Path(f"{self.tmp}.arrow")
         tabular.write_arrow_stream(spool, arrow)
         _remove(self.tmp)
         bars = datasets.is_progress_bar_enabled()

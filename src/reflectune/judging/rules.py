@@ -21,8 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from reflectune.prompts import judge as templates
-from reflectune.types import ChatRequest, Message
+from reflectune.prompts.render import load_template, render
+from reflectune.types import ChatRequest
 
 __all__ = [
     "MODES",
@@ -47,14 +47,26 @@ MODES: tuple[str, ...] = ("score", "pair-v2")
 
 # -- prompts ----------------------------------------------------------------------------------------
 
-def template_version(mode: Mode) -> str:
-    """The template id and version that enter the judge calls' cache keys."""
-    return templates.PAIR_V2_VERSION if mode == "pair-v2" else templates.SCORE_VERSION
+# Two protocols, each a template file (and a reminder file) named after its mode. ``score`` is the
+# papers' pairwise review (METHOD.md §7.1): the Vicuna/FastChat "reviewer" prompt the reference code
+# sends, headed ``[Question]``, ``[The Start of Assistant 1's Answer]`` ... ``[System]``, asking for a
+# first line of two scores. ``pair-v2`` is MT-Bench's pairwise verdict prompt (``[[A]]``, ``[[B]]``,
+# ``[[C]]`` for a tie), for judges that compare better than they score. The wording is part of the
+# method: change a file, bump its ``version:``, and only the judge calls are made again.
+
+def _template_name(mode: Mode) -> str:
+    return "judge-pair-v2" if mode == "pair-v2" else "judge-score"
+
+
+def template_version(mode: Mode, prompts_dir: str | None = None) -> str:
+    """The template id and version that enter the judge calls' cache keys: ``judge-score@1`` or
+    ``judge-pair-v2@1`` for the packaged files, the override's own version for a ``prompts_dir`` one."""
+    return load_template(_template_name(mode), prompts_dir).id
 
 
 def judge_request(question: str, first: str, second: str, *, mode: Mode = "score",
                   reminder: bool = False, max_tokens: int | None = 1024,
-                  temperature: float = 0.0) -> ChatRequest:
+                  temperature: float = 0.0, prompts_dir: str | None = None) -> ChatRequest:
     """The chat request asking the judge to compare ``first`` (Assistant 1 / A) and ``second``.
 
     Args:
@@ -63,24 +75,22 @@ def judge_request(question: str, first: str, second: str, *, mode: Mode = "score
         mode: ``"score"`` (the papers' two-score review) or ``"pair-v2"`` (MT-Bench verdict).
         reminder: append a follow-up user message restating the output format; a different request
             (and cache key) used to re-ask when a review could not be parsed.
+        prompts_dir: a folder whose ``judge-<mode>.txt`` / ``judge-<mode>-reminder.txt``, if any,
+            replace the packaged templates.
 
     Example:
         >>> judge_request("Q?", "a", "b").messages[1].content.startswith("[Question]")
         True
     """
+    name = _template_name(mode)
     if mode == "pair-v2":
-        system = templates.PAIR_V2_SYSTEM
-        user = templates.PAIR_V2_TEMPLATE.format(question=question, answer_a=first, answer_b=second)
-        note = templates.VERDICT_REMINDER
+        values = {"question": question, "answer_a": first, "answer_b": second}
     else:
-        system = templates.SCORE_SYSTEM
-        user = templates.SCORE_TEMPLATE.format(question=question, answer_1=first, answer_2=second,
-                                               criteria=templates.SCORE_CRITERIA)
-        note = templates.SCORE_REMINDER
-    messages = [Message("system", system), Message("user", user)]
+        values = {"question": question, "answer_1": first, "answer_2": second}
+    messages = render(load_template(name, prompts_dir), **values)
     if reminder:
-        messages.append(Message("user", note))
-    return ChatRequest(messages=tuple(messages), max_tokens=max_tokens, temperature=temperature)
+        messages += render(load_template(f"{name}-reminder", prompts_dir))
+    return ChatRequest(messages=messages, max_tokens=max_tokens, temperature=temperature)
 
 
 # -- parsing ----------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ instruction text, so AlpacaEval ``model_outputs.json`` files from elsewhere pair
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from collections.abc import Callable
@@ -22,13 +21,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from reflectune.config import EngineConfig, OracleConfig
+from reflectune.config import JudgeConfig, merged
+from reflectune.contracts import JUDGMENTS_FILE
 from reflectune.engine.runner import Engine, EngineStats
+from reflectune.engine.stage import open_stage, settle
 from reflectune.errors import ConfigError, DataError
-from reflectune.generation.run import config_error
+from reflectune.io.atomic import write_json_atomic
 from reflectune.io.testsets import read_records
+from reflectune.io.writers import write_jsonl_atomic
 from reflectune.judging.rules import (
     MODES,
     Mode,
@@ -42,9 +42,7 @@ from reflectune.judging.rules import (
     template_version,
     verdict_outcome,
 )
-from reflectune.oracles import make_oracle
-from reflectune.oracles.pricing import price_for
-from reflectune.store.rundir import RunFolder, default_run_dir, write_json_atomic
+from reflectune.store.rundir import default_run_dir
 
 __all__ = [
     "JUDGE_STAGE",
@@ -341,12 +339,13 @@ def _stem(path: Path) -> str:
 
 
 async def ajudge(answers_a: str | os.PathLike[str], answers_b: str | os.PathLike[str], *,
-                 oracle: OracleConfig, engine_config: EngineConfig | None = None, mode: Mode = "score",
-                 retry_unparsed: bool = False, max_tokens: int | None = 1024,
-                 run_dir: str | os.PathLike[str] | None = None, report: str | os.PathLike[str] | None = None,
+                 config: JudgeConfig, run_dir: str | os.PathLike[str] | None = None,
+                 report: str | os.PathLike[str] | None = None,
                  chart: str | os.PathLike[str] | bool | None = None, name_a: str | None = None,
                  name_b: str | None = None, progress: Progress | None = None) -> JudgeReport:
     """Async core of :func:`judge`."""
+    mode, oracle = config.mode, config.judge
+    retry_unparsed, max_tokens = config.retry_unparsed, config.max_tokens
     if mode not in MODES:
         raise ConfigError(f"unknown judge mode '{mode}'; expected one of {', '.join(MODES)}")
     path_a, path_b = Path(answers_a), Path(answers_b)
@@ -357,53 +356,40 @@ async def ajudge(answers_a: str | os.PathLike[str], answers_b: str | os.PathLike
     label_a, label_b = name_a or _name(rows_a, path_a), name_b or _name(rows_b, path_b)
     folder = Path(run_dir) if run_dir else default_run_dir(
         f"{_stem(path_a)}-vs-{_stem(path_b)}", oracle.spec, JUDGE_STAGE)
-    engine_config = engine_config or EngineConfig()
     started = time.monotonic()
-    with RunFolder(folder) as run:
-        assert run.store is not None
-        options = {"base_url": oracle.base_url, "api_key_env": oracle.api_key_env,
-                   "timeout": oracle.timeout, "context": oracle.context, "device": oracle.device,
-                   "dtype": oracle.dtype, "batch_size": oracle.batch_size}
-        judge_oracle = make_oracle(oracle.spec, **options)
-        prices = price_for(oracle.spec, engine_config.price_in, engine_config.price_out)
-        base = {"a": str(path_a), "b": str(path_b), "judge": oracle.model_dump(mode="json"),
-                "engine": engine_config.model_dump(mode="json"), "mode": mode,
-                "template": template_version(mode), "retry_unparsed": retry_unparsed,
-                "max_tokens": max_tokens, "pairs": len(pairing.pairs)}
-        run.update_manifest(JUDGE_STAGE, base | {"status": "running"})
-        async with Engine(judge_oracle, run.store, engine_config, prices=prices) as engine:
-            done = 0
+    async with open_stage(JUDGE_STAGE, folder, oracle, config.engine) as stage:
+        engine = stage.engine
+        stage.manifest = {"a": str(path_a), "b": str(path_b), "judge": oracle.model_dump(mode="json"),
+                          "engine": config.engine.model_dump(mode="json"), "mode": mode,
+                          "template": template_version(mode), "retry_unparsed": retry_unparsed,
+                          "max_tokens": max_tokens, "pairs": len(pairing.pairs)}
+        stage.write("running")
+        stage.live = lambda: {"stats": engine.stats.as_dict()}
+        done = 0
 
-            async def one(a: Answer, b: Answer) -> ItemJudgment:
-                nonlocal done
-                item = await _judge_item(engine, a, b, mode=mode, retry_unparsed=retry_unparsed,
-                                         max_tokens=max_tokens)
-                done += 1
-                if progress is not None:
-                    progress(done, len(pairing.pairs), engine.stats)
-                return item
+        async def one(a: Answer, b: Answer) -> ItemJudgment:
+            nonlocal done
+            item = await _judge_item(engine, a, b, mode=mode, retry_unparsed=retry_unparsed,
+                                     max_tokens=max_tokens)
+            done += 1
+            if progress is not None:
+                progress(done, len(pairing.pairs), engine.stats)
+            return item
 
-            tasks = [asyncio.ensure_future(one(a, b)) for a, b in pairing.pairs]
-            try:
-                items = list(await asyncio.gather(*tasks))
-            except BaseException as exc:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                run.update_manifest(JUDGE_STAGE, base | {"status": "stopped", "stop_reason": str(exc),
-                                                         "stats": engine.stats.as_dict()})
-                raise
-            stats = engine.stats.as_dict()
+        tasks = [asyncio.ensure_future(one(a, b)) for a, b in pairing.pairs]
+        try:
+            items = list(await asyncio.gather(*tasks))
+        except BaseException:
+            await settle(tasks, cancel=True)
+            raise
+        stats = engine.stats.as_dict()
+        stage.live = None
 
-        judgments = run.file("judgments.jsonl")
-        tmp = judgments.with_name(judgments.name + f".tmp{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for item in items:
-                fh.write(json.dumps(item.as_row(), ensure_ascii=False) + "\n")
-        os.replace(tmp, judgments)
+        judgments = stage.file(JUDGMENTS_FILE)
+        write_jsonl_atomic(judgments, (item.as_row() for item in items))
 
         tallies = summarize(items)
-        report_path = Path(report) if report else run.file("judge.json")
+        report_path = Path(report) if report else stage.file("judge.json")
         chart_path: Path | None = None
         if chart is not False:
             chart_path = Path(chart) if isinstance(chart, str | os.PathLike) else \
@@ -431,8 +417,7 @@ async def ajudge(answers_a: str | os.PathLike[str], answers_b: str | os.PathLike
             "chart": str(chart_path) if chart_path else None,
         }
         write_json_atomic(report_path, data)
-        run.update_manifest(JUDGE_STAGE, base | {"status": "complete", "report": str(report_path),
-                                                 "overall": tallies["overall"], "stats": stats})
+        stage.write("complete", report=str(report_path), overall=tallies["overall"], stats=stats)
     return JudgeReport(folder, report_path, chart_path, judgments, data)
 
 
@@ -445,33 +430,36 @@ def judge(
     answers_a: str | os.PathLike[str],
     answers_b: str | os.PathLike[str],
     *,
-    judge: str,
-    mode: Mode = "score",
-    retry_unparsed: bool = False,
-    max_tokens: int | None = 1024,
+    config: JudgeConfig | None = None,
+    judge: str | None = None,
+    mode: Mode | None = None,
+    retry_unparsed: bool | None = None,
+    max_tokens: int | None = None,
     run_dir: str | os.PathLike[str] | None = None,
     report: str | os.PathLike[str] | None = None,
     chart: str | os.PathLike[str] | bool | None = None,
     name_a: str | None = None,
     name_b: str | None = None,
     base_url: str | None = None,
-    api_key_env: str = "OPENAI_API_KEY",
-    timeout: float = 120.0,
+    api_key_env: str | None = None,
+    timeout: float | None = None,
     device: str | None = None,
     dtype: str | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     concurrency: int | None = None,
     rpm: float | None = None,
     tpm: float | None = None,
     max_cost: float | None = None,
     price_in: float | None = None,
     price_out: float | None = None,
-    retry_failed: bool = False,
+    retry_failed: bool | None = None,
     progress: Progress | None = None,
 ) -> JudgeReport:
     """Compare two answer files with a pairwise LLM judge, both orders (METHOD.md §7.1).
 
     Args:
+        config: a ``JudgeConfig`` (judge oracle, engine, mode); keyword arguments below that are
+            given override its fields.
         answers_a, answers_b: answer files (``reflectune generate`` output, or AlpacaEval
             ``model_outputs.json``); items pair on ``(dataset, id)``, else on the instruction.
         judge: the judge's oracle spec, e.g. ``openai:gpt-4o`` (with ``base_url`` for any
@@ -495,14 +483,13 @@ def judge(
         >>> r.overall["winning_score"]  # doctest: +SKIP
         1.42
     """
-    try:
-        oracle = OracleConfig(spec=judge, base_url=base_url, api_key_env=api_key_env, timeout=timeout,
-                              device=device, dtype=dtype, batch_size=batch_size)
-        engine_config = EngineConfig(concurrency=concurrency, rpm=rpm, tpm=tpm, max_cost=max_cost,
-                                     price_in=price_in, price_out=price_out, retry_failed=retry_failed)
-    except ValidationError as exc:
-        raise config_error(exc) from None
-    return asyncio.run(ajudge(answers_a, answers_b, oracle=oracle, engine_config=engine_config, mode=mode,
-                              retry_unparsed=retry_unparsed, max_tokens=max_tokens, run_dir=run_dir,
-                              report=report, chart=chart, name_a=name_a, name_b=name_b,
-                              progress=progress))
+    if judge is None and config is None:
+        raise ConfigError("no judge given: pass judge='openai:MODEL' (or hf:PATH, embedded) or a JudgeConfig")
+    config = merged(JudgeConfig, config, {
+        "judge": {"spec": judge, "base_url": base_url, "api_key_env": api_key_env, "timeout": timeout,
+                  "device": device, "dtype": dtype, "batch_size": batch_size},
+        "engine": {"concurrency": concurrency, "rpm": rpm, "tpm": tpm, "max_cost": max_cost,
+                   "price_in": price_in, "price_out": price_out, "retry_failed": retry_failed},
+        "mode": mode, "retry_unparsed": retry_unparsed, "max_tokens": max_tokens})
+    return asyncio.run(ajudge(answers_a, answers_b, config=config, run_dir=run_dir, report=report,
+                              chart=chart, name_a=name_a, name_b=name_b, progress=progress))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from reflectune.errors import ConfigError
-from reflectune.models.local import (
+from reflectune.models.source import (
     EMBEDDED_SHA256,
     EMBEDDED_WHEEL,
     embedded_converted_dir,

@@ -3,14 +3,37 @@
 An oracle knows how to send messages and nothing about prompts, parsing, retries or storage.
 Failures are raised as ``OracleError`` subclasses so the engine alone decides what to retry.
 Keys and URLs are configuration, not subclasses.
+
+What a backend *can* do is declared, not sniffed: ``capabilities`` says whether it can prefill the
+assistant turn (force the reflection format), whether its token counts are exact, how many requests
+it wants in flight, and what a token costs. Stages read these; none tests a backend by name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from reflectune.types import ChatRequest, Completion
+
+#: USD per 1M (prompt, completion) tokens.
+Prices = tuple[float, float]
+FREE: Prices = (0.0, 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend can do, declared by the backend itself."""
+
+    #: It writes format markers into the assistant turn itself (``ChatRequest.sections``).
+    prefill: bool = False
+    #: ``count_tokens`` uses the model's own tokenizer (dry-run estimates are exact).
+    exact_tokens: bool = False
+    #: Requests it wants in flight to stay busy (local batching); ``None``: the engine's default.
+    concurrency: int | None = None
+    #: List price; ``None`` when unknown (reported as unknown, never as free).
+    price: Prices | None = FREE
 
 
 @runtime_checkable
@@ -18,6 +41,7 @@ class Oracle(Protocol):
     name: str
     #: The model's context window in tokens, used for the default ``max_tokens``.
     context: int
+    capabilities: Capabilities
 
     def fingerprint(self) -> str:
         """Stable identity for cache keys: model, weights, backend; never a secret."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
 
+from reflectune.oracles.base import Capabilities
 from reflectune.oracles.tokens import approx_tokens
 from reflectune.prompts.markers import BETTER_ANSWER, END, MERGED_INSTRUCTION, NEW_ANSWER, NEW_INSTRUCTION
 from reflectune.types import ChatRequest, Completion
@@ -19,13 +19,14 @@ from reflectune.types import ChatRequest, Completion
 class FakeOracle:
     name = "fake"
     context = 32768
+    capabilities = Capabilities()
 
     def __init__(self, label: str = "fake") -> None:
         self.label = label or "fake"
         self.calls = 0
 
     @classmethod
-    def from_spec(cls, arg: str, **_: Any) -> FakeOracle:
+    def from_spec(cls, arg: str) -> FakeOracle:
         return cls(arg)
 
     def fingerprint(self) -> str:

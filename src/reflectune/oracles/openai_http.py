@@ -28,7 +28,9 @@ from reflectune.errors import (
     OracleUnavailable,
     RateLimited,
 )
-from reflectune.oracles.tokens import approx_tokens
+from reflectune.oracles.base import Capabilities
+from reflectune.oracles.pricing import list_price
+from reflectune.oracles.tokens import approx_tokens, exact_tokens_available
 from reflectune.types import ChatRequest, Completion
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -83,11 +85,13 @@ class OpenAIOracle:
         self._session = session
         self._owns_session = session is None
         self._url = f"{self.base_url}/chat/completions"
+        self.capabilities = Capabilities(prefill=False, exact_tokens=exact_tokens_available(model),
+                                         price=list_price(model))
 
     @classmethod
     def from_spec(cls, arg: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                   timeout: float = 120.0, context: int | None = None,
-                  session: aiohttp.ClientSession | None = None, **_: Any) -> OpenAIOracle:
+                  session: aiohttp.ClientSession | None = None) -> OpenAIOracle:
         return cls(arg, base_url=base_url, api_key_env=api_key_env, timeout=timeout,
                    context=context, session=session)
 

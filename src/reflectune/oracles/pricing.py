@@ -21,22 +21,23 @@ PRICES: dict[str, tuple[float, float]] = {
 }
 
 
-def price_for(spec: str, price_in: float | None = None,
-              price_out: float | None = None) -> tuple[float, float] | None:
-    """Prices for an oracle spec: explicit overrides win, local backends are free."""
-    if price_in is not None or price_out is not None:
-        return (price_in or 0.0, price_out or 0.0)
-    backend, _, model = spec.partition(":")
-    if backend in ("embedded", "hf", "fake"):
-        return (0.0, 0.0)
+def list_price(model: str) -> tuple[float, float] | None:
+    """A hosted model's list price; dated snapshots ("gpt-4o-mini-2024-07-18") take their family's."""
     model = model.lower()
     if model in PRICES:
         return PRICES[model]
-    # dated snapshots ("gpt-4o-mini-2024-07-18") take their family's price: longest prefix wins
-    for name in sorted(PRICES, key=len, reverse=True):
+    for name in sorted(PRICES, key=len, reverse=True):  # longest prefix wins
         if model.startswith(name + "-"):
             return PRICES[name]
     return None
+
+
+def with_overrides(price: tuple[float, float] | None, price_in: float | None = None,
+                   price_out: float | None = None) -> tuple[float, float] | None:
+    """The price a run pays: explicit ``--price-in``/``--price-out`` win over the backend's own."""
+    if price_in is not None or price_out is not None:
+        return (price_in or 0.0, price_out or 0.0)
+    return price
 
 
 def cost_usd(prices: tuple[float, float] | None, prompt_tokens: int, completion_tokens: int) -> float:

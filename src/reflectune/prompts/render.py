@@ -1,10 +1,15 @@
-"""Render the oracle prompts from versioned template files.
+"""Render every prompt from versioned template files: oracle, judge, student and r-IFD guess.
 
 Templates are package files (``prompts/templates/*.txt``) so users can read and override them with
-``--prompts DIR`` without touching code. Each file starts with ``version: N`` and has ``--- system``
-and ``--- user`` sections rendered with Jinja2 (strict undefined, no autoescape: this is plain
-text). The version enters every cache key, so editing a template re-runs exactly the calls it
-affects. Pure string work: no I/O beyond reading the template files once.
+``--prompts DIR`` without touching code. Each file starts with ``version: N``, then has either chat
+sections, ``--- user`` and optionally ``--- system`` (a request to an oracle or judge), or one
+``--- text`` section (a plain prompt a student completes, no chat roles); lines between the version
+and the first section are a note for readers, ignored. Sections are rendered with
+Jinja2 (strict undefined, no autoescape: this is plain text; values are inserted verbatim, never
+read as template syntax). Each section is stripped of the whitespace around it, so a prompt that must
+end in whitespace writes it inside a ``{% if %}`` branch or as ``{{ "\\n" }}``. The version enters
+the cache keys (``Template.id``, ``name@version``), so editing a template re-runs exactly the calls
+it affects. Pure string work: no I/O beyond reading the template files once.
 """
 
 from __future__ import annotations
@@ -20,8 +25,14 @@ from reflectune.errors import ConfigError
 from reflectune.prompts.markers import BETTER_ANSWER, MERGED_INSTRUCTION, NEW_ANSWER, NEW_INSTRUCTION
 from reflectune.types import Message
 
+#: Templates with a ``--- text`` section: the student prompts and the r-IFD "guess" prompt.
+TEXT_TEMPLATES = ("student_vicuna", "student_alpaca", "student_wiz", "guess_instruction")
+#: Every template, by file name (without ``.txt``). The judge's names are its modes (``judge-score``,
+#: ``judge-pair-v2``), so its ids, ``judge-score@1`` and ``judge-pair-v2@1``, are those of its keys.
 TEMPLATE_NAMES = ("instruction_reflection", "response_reflection", "response_reflection_input",
-                  "input_merge", "format_reminder")
+                  "input_merge", "format_reminder",
+                  "judge-score", "judge-score-reminder", "judge-pair-v2", "judge-pair-v2-reminder",
+                  "student_chat", *TEXT_TEMPLATES)
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False,
                           keep_trailing_newline=False)
@@ -32,8 +43,10 @@ class Template:
     name: str
     version: str
     system: jinja2.Template | None
-    user: jinja2.Template
+    user: jinja2.Template | None
     source: str
+    #: the ``--- text`` section of a plain-text template (then ``system`` and ``user`` are None).
+    text: jinja2.Template | None = None
 
     @property
     def id(self) -> str:
@@ -73,19 +86,22 @@ def _parse_template(name: str, text: str, source: str) -> Template:
             current = sections.setdefault(line[4:].strip(), [])
         elif current is not None:
             current.append(line)
-    unknown = set(sections) - {"system", "user"}
-    if "user" not in sections or unknown:
-        raise ConfigError(f"{source}: needs a '--- user' section (and optionally '--- system'); "
-                          f"found {sorted(sections)}")
+    if name in TEXT_TEMPLATES:
+        wanted, shapes = "a single '--- text' section (a plain-text prompt)", [{"text"}]
+    else:
+        wanted = "a '--- user' section (and optionally '--- system')"
+        shapes = [{"user"}, {"system", "user"}]
+    if set(sections) not in shapes:
+        raise ConfigError(f"{source}: needs {wanted}; found {sorted(sections)}")
     try:
-        system = _ENV.from_string("\n".join(sections["system"]).strip()) if "system" in sections else None
-        user = _ENV.from_string("\n".join(sections["user"]).strip())
+        compiled = {key: _ENV.from_string("\n".join(body).strip()) for key, body in sections.items()}
     except jinja2.TemplateSyntaxError as exc:
         raise ConfigError(f"{source}, line {exc.lineno}: {exc.message}") from None
-    return Template(name, version, system, user, source)
+    return Template(name, version, compiled.get("system"), compiled.get("user"), source,
+                    compiled.get("text"))
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=64)
 def load_template(name: str, prompts_dir: str | None = None) -> Template:
     """The template ``name``: from ``prompts_dir`` when it has one, else the packaged file."""
     if name not in TEMPLATE_NAMES:
@@ -101,6 +117,10 @@ def load_template(name: str, prompts_dir: str | None = None) -> Template:
 
 
 def render(template: Template, **values: str | list[str]) -> tuple[Message, ...]:
+    """The chat messages of a chat template (system, if it has one, then user)."""
+    if template.user is None:
+        raise ConfigError(f"{template.source}: needs a '--- user' section (chat messages), "
+                          "not a plain '--- text' prompt")
     try:
         messages = []
         if template.system is not None:
@@ -111,6 +131,17 @@ def render(template: Template, **values: str | list[str]) -> tuple[Message, ...]
     return tuple(messages)
 
 
+def render_text(template: Template, **values: str) -> str:
+    """The prompt of a plain-text template (``--- text``): one string, no chat roles."""
+    if template.text is None:
+        raise ConfigError(f"{template.source}: needs a '--- text' section (a plain-text prompt), "
+                          "not chat messages")
+    try:
+        return template.text.render(**values)
+    except jinja2.UndefinedError as exc:
+        raise ConfigError(f"{template.source}: {exc.message}") from None
+
+
 def with_reminder(messages: tuple[Message, ...], kind: ReflectionKind, reason: str,
                   prompts_dir: str | None = None) -> tuple[tuple[Message, ...], str]:
     """The retry prompt after a parse failure: the same prompt plus a stricter format reminder.
@@ -119,6 +150,6 @@ def with_reminder(messages: tuple[Message, ...], kind: ReflectionKind, reason: s
     local models and strict chat templates see a single, complete request.
     """
     reminder = load_template("format_reminder", prompts_dir)
-    text = reminder.user.render(reason=reason, markers=list(kind.sections))
+    text = render(reminder, reason=reason, markers=list(kind.sections))[-1].content
     last = messages[-1]
     return (*messages[:-1], Message(last.role, f"{last.content}\n\n{text}")), reminder.id

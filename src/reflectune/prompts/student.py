@@ -1,10 +1,13 @@
-"""Prompt templates a *student* model sees: one place for the papers' vicuna, alpaca and wiz strings.
+"""The prompt a *student* model sees: one place for the papers' vicuna, alpaca and wiz prompts.
 
 IFD scoring (METHOD.md §5.1) and training (§6) must wrap an instruction in exactly the same words, or
 the scores select data for a prompt the trained model never sees. Both call :func:`student_prompt`.
 It returns the prompt part only; the response is appended directly after it (training adds
 :func:`response_separator` first, FastChat's single space for vicuna, and the tokenizer's eos last).
 
+The words are template files, ``prompts/templates/student_<name>.txt`` (one per template; a
+``{% if input %}`` inside picks the with-input form), overridable with ``prompts_dir`` like every
+prompt. ``chat``'s file holds the user turn, which the tokenizer's own chat template then wraps.
 Pure string work: the ``chat`` template calls the tokenizer it is given, nothing is imported here.
 """
 
@@ -12,38 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from reflectune.prompts.render import load_template, render, render_text
+
 __all__ = ["STUDENT_TEMPLATES", "response_separator", "student_prompt"]
 
-VICUNA_SYSTEM = (
-    "A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user's questions."
-)
-_VICUNA = VICUNA_SYSTEM + " USER: {instruction} ASSISTANT:"
-_VICUNA_INPUT = VICUNA_SYSTEM + " USER: {instruction}\nInput:\n{input} ASSISTANT:"
-
-# Stanford Alpaca (tatsu-lab/stanford_alpaca, train.py PROMPT_DICT), verbatim.
-_ALPACA = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the "
-    "request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
-)
-_ALPACA_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-)
-
-# WizardLM / Cherry LLM: no system line; an input, when present, follows the instruction on a new line.
-_WIZ = "{instruction}\n\n### Response:"
-_WIZ_INPUT = "{instruction}\n{input}\n\n### Response:"
-
-#: name -> (template without input, template with input); ``chat`` uses the tokenizer instead.
-_TEMPLATES: dict[str, tuple[str, str]] = {
-    "vicuna": (_VICUNA, _VICUNA_INPUT),
-    "alpaca": (_ALPACA, _ALPACA_INPUT),
-    "wiz": (_WIZ, _WIZ_INPUT),
-}
 STUDENT_TEMPLATES: tuple[str, ...] = ("vicuna", "alpaca", "wiz", "chat")
 
+#: How training joins prompt and response; not in the template files, since scoring never adds it.
 _SEPARATORS = {"vicuna": " "}
 
 
@@ -57,7 +35,8 @@ def _check(template: str) -> None:
                          f"choose one of {', '.join(STUDENT_TEMPLATES)}")
 
 
-def student_prompt(template: str, instruction: str, input: str = "", tokenizer: Any = None) -> str:
+def student_prompt(template: str, instruction: str, input: str = "", tokenizer: Any = None,
+                   prompts_dir: str | None = None) -> str:
     """The prompt a student sees before its response, for one (instruction, input) pair.
 
     Args:
@@ -66,6 +45,7 @@ def student_prompt(template: str, instruction: str, input: str = "", tokenizer: 
         input: optional context; templates switch to their "with input" form when it is non-empty.
         tokenizer: needed for ``chat`` only: its chat template renders one user turn plus the
             generation prompt.
+        prompts_dir: a folder whose ``student_<template>.txt``, if any, replaces the packaged one.
 
     Returns:
         The prompt text; the response is appended directly after it.
@@ -79,13 +59,11 @@ def student_prompt(template: str, instruction: str, input: str = "", tokenizer: 
     if template == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ValueError("the 'chat' template needs a tokenizer that has a chat template")
-        content = f"{instruction}\n\n{input}" if input else instruction
-        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                             add_generation_prompt=True)
-    plain, with_input = _TEMPLATES[template]
-    if input:
-        return with_input.format(instruction=instruction, input=input)
-    return plain.format(instruction=instruction)
+        messages = render(load_template("student_chat", prompts_dir), instruction=instruction, input=input)
+        return tokenizer.apply_chat_template([{"role": m.role, "content": m.content} for m in messages],
+                                             tokenize=False, add_generation_prompt=True)
+    return render_text(load_template(f"student_{template}", prompts_dir), instruction=instruction,
+                       input=input)
 
 
 def response_separator(template: str) -> str:

@@ -1,40 +1,20 @@
-"""The V1 pipeline: reflect every sample into ori, Q, A and QA (METHOD.md §4).
+"""Recycling's rules: a sample's four variants, which one it keeps, and the columns that say why.
 
-Each sample is one coroutine: the instruction chain (merge input -> Q -> QA) and the response
-reflection A run side by side, and QA starts the moment its Q has parsed. Thousands of samples are
-in flight at once, bounded by a window over the input, so memory does not grow with the dataset;
-results are written in input order through a small reorder buffer. Every call goes through the
-engine, so the store makes the whole run resumable and outputs byte-identical on rerun.
+Pure data and decisions (METHOD.md §4): ``Variant`` and ``SampleResult`` are what a reflection
+produces, ``choose`` keeps the best variant that succeeded (QA > Q > A > ori), and the output
+columns name every failure. The calls that produce the variants are in :mod:`.reflector`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reflectune.config import RecycleConfig
-from reflectune.engine.runner import Engine
-from reflectune.prompts.parse import parse_reflection
-from reflectune.prompts.render import (
-    INSTRUCTION,
-    MERGE,
-    RESPONSE,
-    RESPONSE_INPUT,
-    ReflectionKind,
-    load_template,
-    render,
-    with_reminder,
-)
-from reflectune.types import ChatRequest, Sample
+from reflectune.contracts import PREFERENCE, VARIANT_NAMES
+from reflectune.types import Sample
 
-VARIANTS = ("ori", "Q", "A", "QA")
-#: Which version a sample keeps when some reflection failed, best first.
-PREFERENCE = ("QA", "Q", "A", "ori")
+VARIANTS = VARIANT_NAMES
 MAX_TOKENS_CAP = 2048
 MIN_COMPLETION_TOKENS = 64
 
@@ -74,161 +54,6 @@ def skipped(reason: str) -> Variant:
 
 def choose(variants: dict[str, Variant]) -> str:
     return next(name for name in PREFERENCE if variants[name].ok)
-
-
-class Reflector:
-    """Turns one sample into its four variants through ``engine``."""
-
-    def __init__(self, engine: Engine, config: RecycleConfig) -> None:
-        self.engine = engine
-        self.config = config
-        self.sampling = config.sampling
-        self.prompts_dir = config.prompts_dir
-        self.local = hasattr(engine.oracle, "preferred_concurrency")
-
-    def _request(self, messages: tuple, kind: ReflectionKind) -> ChatRequest:
-        oracle = self.engine.oracle
-        max_tokens = self.sampling.max_tokens
-        if max_tokens is None:
-            prompt_tokens = sum(oracle.count_tokens(m.content) for m in messages) + 8 * len(messages)
-            max_tokens = max(MIN_COMPLETION_TOKENS, min(MAX_TOKENS_CAP, oracle.context - prompt_tokens))
-        return ChatRequest(messages, max_tokens=max_tokens, temperature=self.sampling.temperature,
-                           top_p=self.sampling.top_p, seed=self.sampling.seed, stop=(),
-                           sections=kind.sections if self.local else (),
-                           critique_tokens=self.sampling.critique_tokens if self.local else 0)
-
-    async def _reflect(self, kind: ReflectionKind, stage: str, sample_id: str,
-                       **values: str) -> tuple[dict[str, str] | None, Variant]:
-        """One oracle call, parsed strictly; one retry with a format reminder on a parse failure."""
-        template = load_template(kind.template, self.prompts_dir)
-        messages = render(template, **values)
-        version = template.id
-        calls: list[str] = []
-        for attempt in range(2 if self.config.parse_retry else 1):
-            request = self._request(messages, kind)
-            record = await self.engine.call(stage, request, version=version, sample_id=sample_id)
-            calls.append(record.key)
-            if not record.ok:
-                return None, Variant(None, None, None, "call_failed", record.error, calls)
-            parsed = parse_reflection(record.content, kind.sections, kind.fields,
-                                      finish_reason=record.finish_reason, placeholders=kind.placeholders)
-            if parsed.ok:
-                return parsed.values, Variant(None, None, None, "ok", None, calls)
-            if attempt == 0:
-                messages, reminder_id = with_reminder(messages, kind, parsed.reason or "", self.prompts_dir)
-                version = f"{version}+{reminder_id}"
-        return None, Variant(None, None, None, "parse_failed", parsed.reason, calls)
-
-    async def _merged_instruction(self, sample: Sample) -> tuple[str | None, Variant | None]:
-        if not sample.input.strip():
-            return sample.instruction, None
-        if self.config.input_merge == "rule":
-            return f"{sample.instruction}\n\n{sample.input}", None
-        values, status = await self._reflect(MERGE, "merge", sample.id,
-                                             instruction=sample.instruction, input=sample.input)
-        if values is None:
-            status.reason = f"input merge failed: {status.reason}"
-            return None, status
-        return values["instruction"], None
-
-    async def _instruction_chain(self, sample: Sample) -> tuple[Variant, Variant]:
-        phases = self.config.phases
-        instruction, failure = await self._merged_instruction(sample)
-        if instruction is None:
-            assert failure is not None
-            return failure, skipped("Q failed")
-        values, status = await self._reflect(INSTRUCTION, "instruction", sample.id,
-                                             instruction=instruction, answer=sample.output)
-        if values is None:
-            return status, skipped("Q failed")
-        q = Variant(values["instruction"], "", values["output"], "ok", None, status.calls)
-        if "response" not in phases:
-            return q, skipped("response phase not requested")
-        values, status = await self._reflect(RESPONSE, "response", sample.id,
-                                             instruction=q.instruction, answer=q.output)
-        if values is None:
-            return q, status
-        return q, Variant(q.instruction, "", values["output"], "ok", None, status.calls)
-
-    async def _response(self, sample: Sample) -> Variant:
-        kind = RESPONSE_INPUT if sample.input.strip() else RESPONSE
-        extra = {"input": sample.input} if sample.input.strip() else {}
-        values, status = await self._reflect(kind, "response", sample.id, instruction=sample.instruction,
-                                             answer=sample.output, **extra)
-        if values is None:
-            return status
-        return Variant(sample.instruction, sample.input, values["output"], "ok", None, status.calls)
-
-    async def reflect(self, sample: Sample) -> SampleResult:
-        phases = self.config.phases
-        ori = Variant(sample.instruction, sample.input, sample.output, "ok")
-        jobs: list[Any] = []
-        if "instruction" in phases:
-            jobs.append(self._instruction_chain(sample))
-        if "response" in phases:
-            jobs.append(self._response(sample))
-        # Both chains run to the end even if one raises: their calls are paid for and get stored.
-        results = await asyncio.gather(*jobs, return_exceptions=True)
-        for outcome in results:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        if "instruction" in phases:
-            q, qa = results[0]
-        else:
-            q, qa = skipped("instruction phase not requested"), skipped("instruction phase not requested")
-        a = results[-1] if "response" in phases else skipped("response phase not requested")
-        variants = {"ori": ori, "Q": q, "A": a, "QA": qa}
-        return SampleResult(sample, variants, choose(variants))
-
-
-@dataclass
-class RecycleProgress:
-    """What the progress display needs; updated in place as rows finish."""
-
-    total: int | None = None
-    done: int = 0
-    passthrough: int = 0
-    chosen: Counter[str] = field(default_factory=Counter)
-    variant_status: Counter[str] = field(default_factory=Counter)
-    started: float = field(default_factory=time.monotonic)
-
-
-async def run_samples(reflector: Reflector, samples: Iterator[Sample], *,
-                      on_result: Callable[[SampleResult], None], window: int,
-                      progress: RecycleProgress) -> None:
-    """Reflect ``samples`` with at most ``window`` in flight; deliver results in input order."""
-    pending: deque[tuple[Sample, asyncio.Task[SampleResult] | None]] = deque()
-    exhausted = False
-    try:
-        while True:
-            while not exhausted and len(pending) < window:
-                sample = next(samples, None)
-                if sample is None:
-                    exhausted = True
-                    break
-                task = None if sample.passthrough else asyncio.ensure_future(reflector.reflect(sample))
-                pending.append((sample, task))
-            if not pending:
-                return
-            sample, task = pending.popleft()
-            if task is None:
-                progress.passthrough += 1
-                progress.done += 1
-                on_result(SampleResult(sample, {}, "passthrough"))
-                continue
-            result = await task
-            progress.done += 1
-            progress.chosen[result.chosen] += 1
-            for name, variant in result.variants.items():
-                progress.variant_status[f"{name}:{variant.status}"] += 1
-            on_result(result)
-    except BaseException:
-        # Let calls already on the wire finish and be stored: that work is paid for.
-        # Gathering also retrieves exceptions of tasks that already failed, so none is printed.
-        tasks = [t for _, t in pending if t is not None]
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        raise
 
 
 def output_columns(result: SampleResult) -> dict[str, Any]:

@@ -10,7 +10,6 @@ rerun, answered from the store, writes byte-identical outputs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -19,22 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from reflectune.config import RecycleConfig
-from reflectune.engine.runner import Engine, EngineStats
-from reflectune.errors import ConfigError, DataError, ReflectuneError
+from reflectune.contracts import VARIANTS_FILE
+from reflectune.engine.runner import EngineStats
+from reflectune.engine.stage import open_stage
+from reflectune.errors import ConfigError, DataError
 from reflectune.io import DatasetWriter, RejectSink, detect_format, output_format, read_samples
 from reflectune.oracles import make_oracle
-from reflectune.oracles.pricing import price_for
+from reflectune.oracles.pricing import with_overrides
 from reflectune.prompts.render import INSTRUCTION, MERGE, RESPONSE, RESPONSE_INPUT, load_template, render
-from reflectune.recycling.rules import (
-    RecycleProgress,
-    Reflector,
-    SampleResult,
-    chosen_texts,
-    default_output_name,
-    output_columns,
-    run_samples,
-)
-from reflectune.store.rundir import RunFolder, default_run_dir
+from reflectune.recycling.reflector import RecycleProgress, Reflector, run_samples
+from reflectune.recycling.rules import SampleResult, chosen_texts, default_output_name, output_columns
+from reflectune.store.rundir import default_run_dir
 
 TICK_SECONDS = 0.5
 MANIFEST_SECONDS = 5.0
@@ -55,13 +49,6 @@ class RecycleSummary:
     elapsed_s: float
     rejects: Path | None = None
     examples: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _oracle_options(config: RecycleConfig, session: Any = None) -> dict[str, Any]:
-    o = config.oracle
-    return {"base_url": o.base_url, "api_key_env": o.api_key_env, "timeout": o.timeout,
-            "context": o.context, "device": o.device, "dtype": o.dtype, "batch_size": o.batch_size,
-            "session": session}
 
 
 def _samples(path: Path, config: RecycleConfig, rejects: RejectSink | None):
@@ -127,85 +114,79 @@ async def arecycle(input: str | os.PathLike[str], output: str | os.PathLike[str]
     in_fmt = detect_format(src)
     folder = Path(run_dir) if run_dir else default_run_dir(src, config.oracle.spec)
     started = time.monotonic()
-    with RunFolder(folder) as run:
-        out_path = Path(output) if output else run.file(default_output_name(src, config.output_format))
-        out_fmt = config.output_format or (output_format(out_path) if output else in_fmt)
-        total, invalid = _validate(src, config)
-        oracle = make_oracle(config.oracle.spec, **_oracle_options(config, session))
-        prices = price_for(config.oracle.spec, config.engine.price_in, config.engine.price_out)
-        base_manifest = {
+    out_path = Path(output) if output else folder / default_output_name(src, config.output_format)
+    out_fmt = config.output_format or (output_format(out_path) if output else in_fmt)
+    total, invalid = _validate(src, config)
+    async with open_stage("recycle", folder, config.oracle, config.engine, session=session) as stage:
+        engine = stage.engine
+        stage.manifest = {
             "status": "running", "input": {"path": str(src.resolve()), "format": in_fmt,
                                            "fields": dict(config.fields)},
             "output": {"path": str(out_path.resolve()), "format": out_fmt},
             "config": config.model_dump(mode="json"), "config_hash": config.config_hash(),
-            "oracle_fingerprint": oracle.fingerprint(), "rows": total}
-        run.update_manifest("recycle", base_manifest)
+            "oracle_fingerprint": stage.oracle.fingerprint(), "rows": total}
+        stage.write("running")
         progress = RecycleProgress(total=total)
-        rejects = RejectSink(run.file("rejects.jsonl")) if config.on_bad_record == "skip" else None
+        rejects = RejectSink(stage.file("rejects.jsonl")) if config.on_bad_record == "skip" else None
         if rejects is not None:
-            run.file("rejects.jsonl").unlink(missing_ok=True)  # rewritten in full on every run
+            stage.file("rejects.jsonl").unlink(missing_ok=True)  # rewritten in full on every run
         examples: list[dict[str, Any]] = []
+        known_price = engine.prices is not None
 
-        async with Engine(oracle, run.store, config.engine, prices=prices) as engine:
-            def manifest(status: str) -> dict[str, Any]:
-                return base_manifest | {
-                    "status": status, "done": progress.done, "passthrough": progress.passthrough,
-                    "rejected": rejects.count if rejects else invalid,
-                    "chosen": dict(progress.chosen),
-                    "variant_status": dict(sorted(progress.variant_status.items())),
-                    "engine": engine.stats.as_dict(), "calls_in_store": run.store.call_totals(),
-                    "cost_usd": round(engine.stats.cost, 6) if prices is not None else None,
-                    "elapsed_s": round(time.monotonic() - started, 3)}
+        def live() -> dict[str, Any]:
+            return {
+                "done": progress.done, "passthrough": progress.passthrough,
+                "rejected": rejects.count if rejects else invalid,
+                "chosen": dict(progress.chosen),
+                "variant_status": dict(sorted(progress.variant_status.items())),
+                "engine": engine.stats.as_dict(), "calls_in_store": stage.store.call_totals(),
+                "cost_usd": round(engine.stats.cost, 6) if known_price else None,
+                "elapsed_s": round(time.monotonic() - started, 3)}
 
-            async def tick() -> None:
-                last_manifest = time.monotonic()
-                while True:
-                    await asyncio.sleep(TICK_SECONDS)
-                    if on_tick:
-                        on_tick(progress, engine.stats)
-                    if time.monotonic() - last_manifest > MANIFEST_SECONDS:
-                        run.update_manifest("recycle", manifest("running"))
-                        last_manifest = time.monotonic()
+        stage.live = live
 
-            ticker = asyncio.ensure_future(tick())
-            writer = DatasetWriter(out_path, out_fmt, fields=config.fields or None)
-            variants = DatasetWriter(run.file("variants.jsonl"), "jsonl")
-            try:
-                with writer, variants:
-                    def on_result(result: SampleResult) -> None:
-                        if result.chosen == "passthrough":
-                            writer.write_record(result.sample.raw or {})
-                            return
-                        instruction, inp, out = chosen_texts(result)
-                        writer.write(result.sample, instruction, inp, out, output_columns(result))
-                        variants.write_record(result.variants_line())
-                        if len(examples) < 3 and result.chosen != "ori":
-                            examples.append(result.variants_line())
+        async def tick() -> None:
+            last_manifest = time.monotonic()
+            while True:
+                await asyncio.sleep(TICK_SECONDS)
+                if on_tick:
+                    on_tick(progress, engine.stats)
+                if time.monotonic() - last_manifest > MANIFEST_SECONDS:
+                    stage.write("running")
+                    last_manifest = time.monotonic()
 
-                    window = max(16, 2 * engine.concurrency)
-                    await run_samples(Reflector(engine, config), _samples(src, config, rejects),
-                                      on_result=on_result, window=window, progress=progress)
-            except BaseException as exc:
-                ticker.cancel()
-                status = "stopped" if isinstance(exc, ReflectuneError) else "interrupted"
-                # the original error says more than a failed manifest write would
-                with contextlib.suppress(ReflectuneError):
-                    run.update_manifest("recycle", manifest(status) | {"stop_reason": str(exc)})
-                raise
-            finally:
-                if rejects is not None:
-                    rejects.close()
+        ticker = asyncio.ensure_future(tick())
+        writer = DatasetWriter(out_path, out_fmt, fields=config.fields or None)
+        variants = DatasetWriter(stage.file(VARIANTS_FILE), "jsonl")
+        try:
+            with writer, variants:
+                def on_result(result: SampleResult) -> None:
+                    if result.chosen == "passthrough":
+                        writer.write_record(result.sample.raw or {})
+                        return
+                    instruction, inp, out = chosen_texts(result)
+                    writer.write(result.sample, instruction, inp, out, output_columns(result))
+                    variants.write_record(result.variants_line())
+                    if len(examples) < 3 and result.chosen != "ori":
+                        examples.append(result.variants_line())
+
+                window = max(16, 2 * engine.concurrency)
+                await run_samples(Reflector(engine, config), _samples(src, config, rejects),
+                                  on_result=on_result, window=window, progress=progress)
+        finally:
             ticker.cancel()
-            if on_tick:
-                on_tick(progress, engine.stats)
-            run.update_manifest("recycle", manifest("complete"))
-            stats = engine.stats.as_dict() | {"cost_usd": engine.stats.cost if prices is not None else None}
-        return RecycleSummary(
-            run_dir=folder, output=out_path, variants=run.file("variants.jsonl"), rows=progress.done,
-            passthrough=progress.passthrough, rejected=rejects.count if rejects else 0,
-            chosen=dict(progress.chosen), variant_status=dict(sorted(progress.variant_status.items())),
-            stats=stats, elapsed_s=time.monotonic() - started,
-            rejects=run.file("rejects.jsonl") if rejects and rejects.count else None, examples=examples)
+            if rejects is not None:
+                rejects.close()
+        if on_tick:
+            on_tick(progress, engine.stats)
+        stage.write("complete")
+        stats = engine.stats.as_dict() | {"cost_usd": engine.stats.cost if known_price else None}
+    return RecycleSummary(
+        run_dir=folder, output=out_path, variants=folder / VARIANTS_FILE, rows=progress.done,
+        passthrough=progress.passthrough, rejected=rejects.count if rejects else 0,
+        chosen=dict(progress.chosen), variant_status=dict(sorted(progress.variant_status.items())),
+        stats=stats, elapsed_s=time.monotonic() - started,
+        rejects=folder / "rejects.jsonl" if rejects and rejects.count else None, examples=examples)
 
 
 @dataclass
@@ -237,7 +218,7 @@ def estimate(input: str | os.PathLike[str], *, config: RecycleConfig | None = No
     src = Path(input)
     if not src.exists():
         raise DataError("no such file or folder", path=str(src))
-    oracle = make_oracle(config.oracle.spec, **_oracle_options(config))
+    oracle = make_oracle(config.oracle)
     count = oracle.count_tokens
     max_tokens = config.sampling.max_tokens or 2048
     calls = prompt = expected = upper = rows = 0
@@ -276,9 +257,5 @@ def estimate(input: str | os.PathLike[str], *, config: RecycleConfig | None = No
                 EXPECTED_REFLECTION_TOKENS)
     if rows == 0:
         raise ConfigError(f"{src}: nothing to recycle")
-    from reflectune.oracles.tokens import exact_tokens_available
-
-    exact = config.oracle.spec.split(":")[0] in ("hf", "embedded") or \
-        exact_tokens_available(config.oracle.spec.partition(":")[2])
-    return Estimate(rows, calls, prompt, expected, upper,
-                    price_for(config.oracle.spec, config.engine.price_in, config.engine.price_out), exact)
+    price = with_overrides(oracle.capabilities.price, config.engine.price_in, config.engine.price_out)
+    return Estimate(rows, calls, prompt, expected, upper, price, oracle.capabilities.exact_tokens)

@@ -26,11 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reflectune.keys import content_key
-
-#: y' = GUESS_HEADER + "\n" + y + "\n" + GUESS_FOOTER (METHOD.md §5.1), the context of Q_condition.
-GUESS_HEADER = ("Below is the response to an instruction, please guess the corresponding instruction "
-                "for the given response.")
-GUESS_FOOTER = "Generate the instruction for the above response."
+from reflectune.prompts.render import load_template, render_text
 
 #: the four statistics of one candidate, in the order they are stored.
 STATS = ("a_direct", "a_condition", "q_direct", "q_condition")
@@ -38,9 +34,10 @@ STATS = ("a_direct", "a_condition", "q_direct", "q_condition")
 IFD_STATS = STATS[:2]
 
 
-def guess_instruction_prompt(response: str) -> str:
-    """y': the response wrapped in a request to guess its instruction (the r-IFD context)."""
-    return f"{GUESS_HEADER}\n{response}\n{GUESS_FOOTER}"
+def guess_instruction_prompt(response: str, prompts_dir: str | None = None) -> str:
+    """y': the response wrapped in a request to guess its instruction (the r-IFD context of
+    Q_condition, METHOD.md §5.1), from the template ``guess_instruction.txt``."""
+    return render_text(load_template("guess_instruction", prompts_dir), response=response)
 
 
 def question_text(instruction: str, input: str = "") -> str:
@@ -98,7 +95,8 @@ def bos_id(tokenizer: Any) -> int | None:
 class Tokenized:
     """Tokenizes texts once per chunk (fast tokenizers batch well) and builds ``Item``s from them."""
 
-    def __init__(self, tokenizer: Any, *, template: str, max_length: int) -> None:
+    def __init__(self, tokenizer: Any, *, template: str, max_length: int,
+                 prompts_dir: str | None = None) -> None:
         from reflectune.prompts.student import student_prompt
 
         if max_length < 2:
@@ -106,6 +104,7 @@ class Tokenized:
         self.tokenizer = tokenizer
         self.template = template
         self.max_length = max_length
+        self.prompts_dir = prompts_dir
         self.bos = bos_id(tokenizer)
         self._prompt = student_prompt
         self._cache: dict[str, tuple[int, ...]] = {}
@@ -117,7 +116,7 @@ class Tokenized:
         of a few probe prompts, longest first. Items are matched against them token by token."""
         probes = (("alpha", ""), ("Beta gamma?", ""), ("alpha", "delta"), ("Beta", "epsilon zeta"))
         heads = []
-        for wrap in (lambda text: text, guess_instruction_prompt):
+        for wrap in (lambda text: text, self.guess):
             ids = [self._context(self.prompt(wrap(x), i)) for x, i in probes]
             common = 0
             while all(len(t) > common and t[common] == ids[0][common] for t in ids):
@@ -135,7 +134,11 @@ class Tokenized:
         return ()
 
     def prompt(self, instruction: str, input: str = "") -> str:
-        return self._prompt(self.template, instruction, input, tokenizer=self.tokenizer)
+        return self._prompt(self.template, instruction, input, tokenizer=self.tokenizer,
+                            prompts_dir=self.prompts_dir)
+
+    def guess(self, output: str) -> str:
+        return guess_instruction_prompt(output, self.prompts_dir)
 
     def encode_all(self, texts: Iterable[str]) -> None:
         """Tokenize every text not seen yet in one batched call."""
@@ -179,14 +182,14 @@ class Tokenized:
         items = {"a_direct": a_direct, "a_condition": a_condition}
         if rifd:
             items["q_condition"], items["q_direct"] = self.pair(
-                self.prompt(guess_instruction_prompt(output)), question_text(instruction, input))
+                self.prompt(self.guess(output)), question_text(instruction, input))
         return CandidateItems(items)
 
     def texts_of(self, instruction: str, input: str, output: str, *, rifd: bool = True) -> list[str]:
         """Every text ``candidate`` will tokenize, for one batched ``encode_all`` per chunk."""
         texts = [self.prompt(instruction, input), output]
         if rifd:
-            texts += [self.prompt(guess_instruction_prompt(output)), question_text(instruction, input)]
+            texts += [self.prompt(self.guess(output)), question_text(instruction, input)]
         return texts
 
 

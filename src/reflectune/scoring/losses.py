@@ -50,7 +50,7 @@ class HeadCache:
         self._cache: dict[tuple[int, ...], Any] = {}
         self.cache_arg = "past_key_values"
         if self.enabled:
-            from reflectune.models.local import cache_keyword
+            from reflectune.models import cache_keyword
 
             body, _ = _split_model(model)  # type: ignore[misc]
             self.cache_arg = cache_keyword(body)

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reflectune.contracts import SCORES_FILE, VARIANT_NAMES, VARIANTS_FILE, VariantsLine
 from reflectune.errors import ConfigError, DataError
+from reflectune.io.atomic import atomic_open
+from reflectune.io.jsonl import read_jsonl
 from reflectune.scoring.scorer import SCORING_VERSION, IFDScorer, ScorerStats
 from reflectune.store.rundir import RunFolder, default_run_dir
 
-VARIANTS_FILE = "variants.jsonl"
-SCORES_FILE = "scores.jsonl"
-VARIANT_NAMES = ("ori", "Q", "A", "QA")
 BACKENDS = ("hf", "vllm")
 #: which statistic ``select`` ranks and compares by default (recorded in run.json).
 SELECTION_METRIC = "ppl_ratio"
@@ -80,27 +80,18 @@ def score_namespace(fingerprint: str, template: str, max_length: int, dtype: str
 
 
 def _iter_variants(path: Path) -> Iterator[_Record]:
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
+    for line_no, line in read_jsonl(path, VariantsLine):
+        variants: dict[str, tuple[str, str, str, str]] = {}
+        for name in VARIANT_NAMES:
+            v = line.variants.get(name)
+            if v is None:
+                variants[name] = ("missing", "", "", "")
                 continue
-            try:
-                raw = json.loads(line)
-                variants: dict[str, tuple[str, str, str, str]] = {}
-                for name in VARIANT_NAMES:
-                    v = (raw.get("variants") or {}).get(name)
-                    if not v:
-                        variants[name] = ("missing", "", "", "")
-                        continue
-                    status = v.get("status", "ok")
-                    texts = (v.get("instruction"), v.get("input") or "", v.get("output"))
-                    if status == "ok" and not (isinstance(texts[0], str) and isinstance(texts[2], str)):
-                        status = "invalid"
-                    variants[name] = (status, texts[0] or "", texts[1], texts[2] or "")
-                yield _Record(str(raw["id"]), int(raw.get("row", line_no)), variants)
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-                raise DataError(f"not a variants record ({type(exc).__name__}: {exc})",
-                                path=str(path), row=line_no) from None
+            status = v.status
+            if status == "ok" and (v.instruction is None or v.output is None):
+                status = "invalid"
+            variants[name] = (status, v.instruction or "", v.input or "", v.output or "")
+        yield _Record(line.id, line.row if line.row is not None else line_no, variants)
 
 
 def _iter_dataset(path: Path, fields: Mapping[str, str] | None, fmt: str | None) -> Iterator[_Record]:
@@ -150,7 +141,7 @@ def score(source: str | os.PathLike[str], *, student: str = "embedded", template
         summary = score("runs/alpaca-embedded", student="embedded")
         summary.scores  # runs/alpaca-embedded/scores.jsonl
     """
-    from reflectune.models.local import (
+    from reflectune.models import (
         import_torch,
         load_causal_lm,
         load_tokenizer,
@@ -246,24 +237,19 @@ def score(source: str | os.PathLike[str], *, student: str = "embedded", template
             raise ConfigError(f"{student}: {exc}") from None
         counts: Counter[str] = Counter()
         out_path = run.file(SCORES_FILE)
-        tmp = out_path.with_name(out_path.name + f".tmp{os.getpid()}")
-        try:
-            with tmp.open("w", encoding="utf-8") as out:
-                chunk: list[_Record] = []
-                for record in records():
-                    chunk.append(record)
-                    if len(chunk) >= chunk_size:
-                        chunk_mark.update(tokens=scorer.stats.tokens, size=len(chunk))
-                        _score_chunk(scorer, chunk, out, counts, with_rifd)
-                        done_samples += len(chunk)
-                        chunk = []
-                if chunk:
+        with atomic_open(out_path) as out:
+            chunk: list[_Record] = []
+            for record in records():
+                chunk.append(record)
+                if len(chunk) >= chunk_size:
                     chunk_mark.update(tokens=scorer.stats.tokens, size=len(chunk))
                     _score_chunk(scorer, chunk, out, counts, with_rifd)
                     done_samples += len(chunk)
-            os.replace(tmp, out_path)
-        finally:
-            tmp.unlink(missing_ok=True)
+                    chunk = []
+            if chunk:
+                chunk_mark.update(tokens=scorer.stats.tokens, size=len(chunk))
+                _score_chunk(scorer, chunk, out, counts, with_rifd)
+                done_samples += len(chunk)
         if progress is not None:
             progress(ScoreProgress(done_samples, total, scorer.stats.computed, scorer.stats.cached,
                                    scorer.stats.tokens, scorer.stats.tokens_per_s))

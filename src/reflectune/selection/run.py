@@ -14,15 +14,16 @@ Two sources:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reflectune.contracts import SCORES_FILE, VARIANTS_FILE, ScoresLine, VariantsLine
 from reflectune.errors import ConfigError, DataError
-from reflectune.scoring.run import SCORES_FILE, VARIANTS_FILE, ScoreProgress, is_run_folder, score
+from reflectune.io.jsonl import read_jsonl
+from reflectune.scoring.run import ScoreProgress, is_run_folder, score
 from reflectune.selection.rules import METRICS, Choice, TopK, choose_variant, count_outcomes, parse_top_k
 from reflectune.store.rundir import RunFolder, default_run_dir, read_manifest
 from reflectune.types import Sample
@@ -43,16 +44,6 @@ class SelectSummary:
     dropped: dict[str, int]
     top_k: str | None
     manifest: dict[str, Any] = field(default_factory=dict)
-
-
-def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"not JSON ({exc.msg})", path=str(path), row=line_no) from None
 
 
 def _needs_scoring(folder: Path, source: Path, wanted: Mapping[str, Any]) -> bool:
@@ -136,9 +127,9 @@ def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None
         # 1. Apply the rule to every sample (no texts held).
         choices: list[Choice] = []
         ids: list[str] = []
-        for line in _read_jsonl(run.file(SCORES_FILE)):
-            ids.append(str(line.get("id")))
-            variants = line.get("variants") or {}
+        for _, line in read_jsonl(run.file(SCORES_FILE), ScoresLine):
+            ids.append(line.id)
+            variants = {name: entry.model_dump(exclude_unset=True) for name, entry in line.variants.items()}
             if mode == "variants":
                 choices.append(choose_variant(variants, below_one_filter=below_one_filter, metric=metric))
             else:
@@ -209,14 +200,16 @@ def _write(out_path: Path, out_fmt: str | None, mode: str, folder: Path, in_path
                 if index in keep:
                     _emit(writer, sample, sample.instruction, sample.input, sample.output, choices[index])
             return writer.count
-        for index, (sample, variants) in enumerate(_align(samples, _read_jsonl(folder / VARIANTS_FILE))):
+        lines = (line for _, line in read_jsonl(folder / VARIANTS_FILE, VariantsLine))
+        for index, (sample, record) in enumerate(_align(samples, lines)):
             if index >= len(ids) or ids[index] != sample.id:
                 raise DataError("scores.jsonl does not match variants.jsonl (recycled again since "
                                 "scoring?): rerun score", path=str(folder / SCORES_FILE))
             if index in keep:
                 choice = choices[index]
-                v = variants["variants"][choice.variant]
-                _emit(writer, sample, v["instruction"], v.get("input") or "", v["output"], choice)
+                assert choice.variant is not None  # a kept row names its variant
+                v = record.variants[choice.variant]
+                _emit(writer, sample, v.instruction or "", v.input or "", v.output or "", choice)
         return writer.count
 
 
@@ -235,14 +228,14 @@ def _emit(writer: Any, sample: Sample, instruction: str, input: str, output: str
                   "outcome": choice.outcome})
 
 
-def _align(samples: Iterator[Sample], variants: Iterator[dict[str, Any]]
-           ) -> Iterator[tuple[Sample, dict[str, Any]]]:
+def _align(samples: Iterator[Sample], variants: Iterator[VariantsLine]
+           ) -> Iterator[tuple[Sample, VariantsLine]]:
     """Pair variants lines with the input rows they came from (rows recycle skipped are passed over)."""
     for record in variants:
         for sample in samples:
-            if sample.id == str(record.get("id")):
+            if sample.id == record.id:
                 yield sample, record
                 break
         else:
-            raise DataError(f"sample '{record.get('id')}' of variants.jsonl is not in the original "
+            raise DataError(f"sample '{record.id}' of variants.jsonl is not in the original "
                             "dataset (changed since recycle?)")

@@ -19,11 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from reflectune.contracts import MANIFEST_FILE
 from reflectune.errors import StoreError
+from reflectune.io.atomic import write_json_atomic
 from reflectune.store.calls import Store
 from reflectune.store.lock import RunLock
 
-MANIFEST = "run.json"
+MANIFEST = MANIFEST_FILE
 STORE = "store.sqlite"
 
 
@@ -44,17 +46,6 @@ def versions() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[dist] = metadata.version(dist)
     return out
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
-                       encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise StoreError(f"{path}: cannot write ({exc.strerror})") from None
 
 
 class RunFolder:

@@ -141,7 +141,7 @@ def plan_training(data: str | Path | Iterable[Sample], base: str, *, config: Tra
         plan = plan_training("recycled.json", "hf:/models/llama-2-7b", world_size=8)
         assert plan.effective_batch == 128 and plan.gradient_accumulation == 4
     """
-    from reflectune.models.local import load_tokenizer, pick_device, pick_dtype, resolve_model
+    from reflectune.models import load_tokenizer, pick_device, pick_dtype, resolve_model
 
     cfg = make_config(config, **options)
     world = resolve_world_size(cfg)

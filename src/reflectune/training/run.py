@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from reflectune.errors import ConfigError, DataError
+from reflectune.io.atomic import write_text_atomic
 from reflectune.prompts.student import response_separator, student_prompt
 from reflectune.training.rules import (
     ACCELERATE_CONFIGS,
@@ -229,29 +229,6 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _load_for_training(base: str, dtype: str) -> tuple[Any, Any]:
-    """Like ``load_causal_lm`` but left where ``from_pretrained`` puts it (the trainer places it;
-    under ZeRO-3 it is partitioned at load time) and in train mode."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from reflectune.models.local import load_tokenizer, resolve_model
-
-    source = resolve_model(base)
-    kwargs: dict[str, Any] = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(source.path), dtype=getattr(torch, dtype),
-                                                     local_files_only=True, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load model from {source.path}: {str(exc).splitlines()[0]}") from None
-    if source.gguf_file:  # a GGUF base: train (and later save) the dequantised weights
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-    model.train()
-    return model, load_tokenizer(source)
-
-
 def build_trainer(data: str | Path | Iterable[Sample], base: str, output_dir: str | Path, *,
                   config: TrainConfig | None = None, on_log: Callable[[dict[str, Any]], None] | None = None,
                   fields: Mapping[str, str] | None = None, **options: Any) -> tuple[Any, dict[str, Any]]:
@@ -261,7 +238,7 @@ def build_trainer(data: str | Path | Iterable[Sample], base: str, output_dir: st
     (``trainer.train_dataset[0]["labels"]``). ``info`` holds rows, skipped counts, world size,
     gradient accumulation, device, dtype and timings.
     """
-    from reflectune.models.local import pick_device, pick_dtype
+    from reflectune.models import load_causal_lm, pick_device, pick_dtype
 
     cfg = make_config(config, **options)
     out = Path(output_dir)
@@ -286,7 +263,8 @@ def build_trainer(data: str | Path | Iterable[Sample], base: str, output_dir: st
     weights_dtype = dtype if cfg.lora else "float32"
     args = _sft_args(cfg, out, device=device, dtype=dtype,
                      accumulation=accumulation, quiet=on_log is not None)
-    model, tokenizer = _load_for_training(base, weights_dtype)
+    # the trainer places the model (under ZeRO-3 it is partitioned at load time): train=True
+    model, tokenizer = load_causal_lm(base, dtype=weights_dtype, train=True)
     loaded = time.monotonic()
     from datasets import Dataset
     from trl import SFTTrainer
@@ -403,7 +381,9 @@ def _save(trainer: Any, out: Path, cfg: TrainConfig, base: str, info: dict[str, 
     if trainer.is_world_process_zero():
         from peft import PeftModel
 
-        model, tokenizer = _load_for_training(base, info["dtype"])
+        from reflectune.models import load_causal_lm
+
+        model, tokenizer = load_causal_lm(base, dtype=info["dtype"], train=True)
         merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
         merged.save_pretrained(str(out), safe_serialization=True)
         tokenizer.save_pretrained(str(out))
@@ -425,7 +405,7 @@ def _write_manifest(result: TrainResult, info: dict[str, Any], base: str, data: 
                     output: Any, resume_from: str | None) -> None:
     cfg: TrainConfig = info["config"]
     manifest = {
-        "config": {**asdict(cfg), "sft": dict(cfg.sft)},
+        "config": cfg.model_dump(mode="json"),
         "base": base, "data": str(data) if isinstance(data, str | Path) else "<samples>",
         "rows": result.rows, "trained_rows": info["trained_rows"], "skipped": result.skipped,
         "world_size": info["world_size"], "gradient_accumulation": info["gradient_accumulation"],
@@ -441,6 +421,4 @@ def _write_manifest(result: TrainResult, info: dict[str, Any], base: str, data: 
                        if isinstance(v, str | int | float | bool | type(None))},
         "versions": _versions(),
     }
-    tmp = result.manifest.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, result.manifest)
+    write_text_atomic(result.manifest, json.dumps(manifest, indent=2, default=str) + "\n")

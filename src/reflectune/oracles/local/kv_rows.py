@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reflectune.models.local import cache_keyword
+from reflectune.models import cache_keyword
 
 __all__ = ["Past", "can_carry", "cut_row", "layout", "merged_cache", "prefill"]
 

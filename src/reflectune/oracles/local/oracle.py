@@ -4,8 +4,10 @@ embedded SmolLM2-135M-Instruct (``embedded``), micro-batched in one worker threa
 This module is the model-facing half: identity (name, context, fingerprint, token counts) without
 loading weights, lazy loading on the worker, chat templating, the context check, and turning each
 request's :class:`~reflectune.oracles.local.forcing.FormatPlan` segments into rows for one batched
-``generate``. The queue, the worker thread and the batched generate live in
-:mod:`reflectune.oracles.local.batching`; format forcing in :mod:`reflectune.oracles.local.forcing`.
+``generate``. The queue and the worker thread live in :mod:`reflectune.oracles.local.worker`, the
+batched generate in :mod:`reflectune.oracles.local.decoding` (its rows in ``rows``, their stopping
+rules in ``stopping``, their keys and values in ``kv_rows``); format forcing in
+:mod:`reflectune.oracles.local.forcing`.
 Construction is instant: nothing is loaded until the first request (or ``count_tokens``), and
 torch and transformers are imported inside methods only.
 """
@@ -20,11 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from reflectune.errors import ConfigError, OracleError, OracleRejected, ReflectuneError
-from reflectune.models.local import (
+from reflectune.models import (
     EMBEDDED_NAME,
     ModelSource,
-    embedded_converted_dir,
-    embedded_gguf_path,
     import_torch,
     load_causal_lm,
     load_tokenizer,
@@ -33,8 +33,12 @@ from reflectune.models.local import (
     pick_dtype,
     resolve_model,
 )
-from reflectune.oracles.local.batching import Job, MicroBatcher, Row, Sampling, deliver, generate_rows
+from reflectune.models.source import embedded_converted_dir, embedded_gguf_path
+from reflectune.oracles.base import FREE, Capabilities
+from reflectune.oracles.local.decoding import generate_rows
 from reflectune.oracles.local.kv_rows import Past
+from reflectune.oracles.local.rows import Row, Sampling
+from reflectune.oracles.local.worker import Job, MicroBatcher, deliver
 from reflectune.types import ChatRequest, Completion
 
 __all__ = ["EmbeddedOracle", "HFOracle"]
@@ -56,7 +60,7 @@ class HFOracle:
         spec: ``"embedded"`` or ``"hf:PATH"`` (a model folder or a ``.gguf`` file).
         device: ``cpu``, ``cuda``, ``cuda:1``, ``mps``; default: the best available.
         dtype: ``bfloat16``, ``float16``, ``float32``; default: bf16 on GPU (fp16 without bf16)
-            and on CPUs with a native bf16 matmul, else fp32 (``local_models.pick_dtype``).
+            and on CPUs with a native bf16 matmul, else fp32 (``reflectune.models.pick_dtype``).
         batch_size: most requests decoded together.
         context: override the model's context window (``max_position_embeddings``).
         num_threads: ``torch.set_num_threads`` for the process (default: torch's choice).
@@ -94,9 +98,9 @@ class HFOracle:
 
     @classmethod
     def from_spec(cls, arg: str, *, device: str | None = None, dtype: str | None = None,
-                  batch_size: int = 8, context: int | None = None, num_threads: int | None = None,
-                  **_: Any) -> HFOracle:
-        """Build from the part after ``hf:``; options for other backends are ignored."""
+                  batch_size: int = 8, context: int | None = None,
+                  num_threads: int | None = None) -> HFOracle:
+        """Build from the part after ``hf:``."""
         if not arg:
             raise ConfigError("the hf oracle needs a model: --oracle hf:/path/to/model-folder "
                               "or hf:/path/to/model.gguf")
@@ -116,6 +120,12 @@ class HFOracle:
     def preferred_concurrency(self) -> int:
         """Requests the engine should keep in flight so that every batch is full."""
         return 2 * self._batcher.batch_size
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Prefills the format, counts with the model's own tokenizer, costs nothing."""
+        return Capabilities(prefill=True, exact_tokens=True, concurrency=self.preferred_concurrency,
+                            price=FREE)
 
     # -- identity -----------------------------------------------------------------------------
 
@@ -258,7 +268,7 @@ class HFOracle:
         for job in batch:
             assert job.segment is not None
             rows.append(Row(job.ids, min(job.segment.budget - len(job.prior), self.context - len(job.ids)),
-                            job.segment.stops, abort=lambda job=job: job.cancelled,
+                            job.segment.stops, abort=job.is_cancelled,
                             end_loops=job.segment.end_loops, past=job.past, keep=bool(job.request.sections),
                             prior=tuple(job.prior)))
         first = min(batch, key=lambda job: job.seq).request
@@ -316,8 +326,8 @@ class EmbeddedOracle(HFOracle):
 
     @classmethod
     def from_spec(cls, arg: str = "", *, device: str | None = None, dtype: str | None = None,
-                  batch_size: int = 8, context: int | None = None, num_threads: int | None = None,
-                  **_: Any) -> EmbeddedOracle:
+                  batch_size: int = 8, context: int | None = None,
+                  num_threads: int | None = None) -> EmbeddedOracle:
         """Build the embedded oracle; ``arg`` must be empty."""
         if arg:
             raise ConfigError(f"the embedded oracle takes no argument (got '{arg}'); "
