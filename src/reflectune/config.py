@@ -184,6 +184,7 @@ class ScoreConfig(_Frozen):
     chunk_size: int = 1024
     threads: int | None = None
     rifd: bool | None = None
+    prompts_dir: str | None = None
 
 
 class SelectConfig(_Frozen):
@@ -232,6 +233,7 @@ class JudgeConfig(_Frozen):
     mode: str = "score"
     retry_unparsed: bool = False
     max_tokens: int | None = 1024
+    prompts_dir: str | None = None
 
 
 # -- training ----------------------------------------------------------------------------------
@@ -284,6 +286,7 @@ class TrainConfig(_Frozen):
     report_to: str = "none"
     world_size: int | None = None
     max_samples: int | None = None
+    prompts_dir: str | None = None
     sft: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -10,6 +10,26 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from reflectune.cli.options import (
+    ORACLE,
+    ApiKeyEnv,
+    BaseUrl,
+    BatchSize,
+    Concurrency,
+    Device,
+    Dtype,
+    MaxCost,
+    PriceIn,
+    PriceOut,
+    Quiet,
+    RetryFailed,
+    Rpm,
+    RunDir,
+    Timeout,
+    Tpm,
+    shared_values,
+)
+
 
 def generate_command(
     output: Path | None = typer.Option(None, "-o", "--output", help="Answers file: .jsonl (default) or "
@@ -23,7 +43,7 @@ def generate_command(
     fields: str | None = typer.Option(None, help="Columns of --prompts-file, e.g. "
                                       "instruction=question,id=qid,category=cat,input=context."),
     limit: int | None = typer.Option(None, min=1, help="Only the first N prompts of each set."),
-    run_dir: Path | None = typer.Option(None, help="Run folder; rerunning the same command resumes it."),
+    run_dir: RunDir = None,
     generator: str | None = typer.Option(None, help="The 'generator' name in each row (default: the "
                                          "model's name)."),
     alpaca_eval: bool = typer.Option(False, "--alpaca-eval", help="Write AlpacaEval's model_outputs.json "
@@ -32,21 +52,20 @@ def generate_command(
     temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy (papers)."),
     top_p: float = typer.Option(1.0),
     seed: int | None = typer.Option(None),
-    base_url: str | None = typer.Option(None, help="OpenAI-compatible endpoint, e.g. "
-                                        "http://localhost:8000/v1 (vLLM, llama.cpp, Ollama)."),
-    api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key."),
-    timeout: float = typer.Option(120.0, help="Seconds per request."),
-    device: str | None = typer.Option(None, help="Local models: cpu | cuda | mps (default: auto)."),
-    dtype: str | None = typer.Option(None, help="Local models: bfloat16 | float16 | float32."),
-    batch_size: int = typer.Option(8, min=1, help="Local models: prompts per batch."),
-    concurrency: int | None = typer.Option(None, min=1, help="Requests in flight (default per backend)."),
-    rpm: float | None = typer.Option(None, help="Requests per minute limit."),
-    tpm: float | None = typer.Option(None, help="Tokens per minute limit."),
-    max_cost: float | None = typer.Option(None, help="Stop cleanly (resumably) at this many USD."),
-    price_in: float | None = typer.Option(None, help="USD per 1M prompt tokens (overrides the table)."),
-    price_out: float | None = typer.Option(None, help="USD per 1M completion tokens."),
-    retry_failed: bool = typer.Option(False, help="Ask again the prompts whose generation failed before."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
+    base_url: BaseUrl = None,
+    api_key_env: ApiKeyEnv = ORACLE.api_key_env,
+    timeout: Timeout = ORACLE.timeout,
+    device: Device = None,
+    dtype: Dtype = None,
+    batch_size: BatchSize = ORACLE.batch_size,
+    concurrency: Concurrency = None,
+    rpm: Rpm = None,
+    tpm: Tpm = None,
+    max_cost: MaxCost = None,
+    price_in: PriceIn = None,
+    price_out: PriceOut = None,
+    retry_failed: RetryFailed = False,
+    quiet: Quiet = False,
 ) -> None:
     """Answer the papers' test sets (or any prompts file) with a model: greedy, 1,024 new tokens."""
     from reflectune.generation.run import generate
@@ -65,10 +84,7 @@ def generate_command(
         summary = generate(output, model=model, testset=testset, prompts_file=prompts_file, fields=fields,
                            limit=limit, run_dir=run_dir, generator=generator, alpaca_eval=alpaca_eval,
                            max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                           base_url=base_url, api_key_env=api_key_env, timeout=timeout, device=device,
-                           dtype=dtype, batch_size=batch_size, concurrency=concurrency, rpm=rpm, tpm=tpm,
-                           max_cost=max_cost, price_in=price_in, price_out=price_out,
-                           retry_failed=retry_failed, progress=on_progress)
+                           progress=on_progress, **shared_values(locals()))
     table = Table(title=f"generate: {summary.generator}", header_style="bold")
     table.add_column("test set")
     table.add_column("answers", justify="right")

@@ -10,6 +10,27 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from reflectune.cli.options import (
+    ORACLE,
+    ApiKeyEnv,
+    BaseUrl,
+    BatchSize,
+    Concurrency,
+    Device,
+    Dtype,
+    MaxCost,
+    PriceIn,
+    PriceOut,
+    Prompts,
+    Quiet,
+    RetryFailed,
+    Rpm,
+    RunDir,
+    Timeout,
+    Tpm,
+    shared_values,
+)
+
 
 def _score(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
@@ -44,27 +65,28 @@ def judge_command(
     retry_unparsed: bool = typer.Option(False, help="Re-ask, once, reviews without a readable score "
                                         "line, with a reminder of the format."),
     max_tokens: int = typer.Option(1024, min=1, help="Judge tokens per review."),
-    run_dir: Path | None = typer.Option(None, help="Run folder; rerunning the same command resumes it."),
+    run_dir: RunDir = None,
     report: Path | None = typer.Option(None, help="JSON report (default: judge.json in the run folder)."),
     chart: Path | None = typer.Option(None, help="PNG chart (default: next to the report)."),
     no_chart: bool = typer.Option(False, "--no-chart", help="Do not draw the chart."),
     name_a: str | None = typer.Option(None, help="Label of A (default: its 'generator')."),
     name_b: str | None = typer.Option(None, help="Label of B (default: its 'generator')."),
-    base_url: str | None = typer.Option(None, help="OpenAI-compatible endpoint of the judge."),
-    api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key."),
-    timeout: float = typer.Option(120.0, help="Seconds per request."),
-    device: str | None = typer.Option(None, help="Local judge: cpu | cuda | mps."),
-    dtype: str | None = typer.Option(None, help="Local judge: bfloat16 | float16 | float32."),
-    batch_size: int = typer.Option(8, min=1, help="Local judge: prompts per batch."),
-    concurrency: int | None = typer.Option(None, min=1, help="Requests in flight (default per backend)."),
-    rpm: float | None = typer.Option(None, help="Requests per minute limit."),
-    tpm: float | None = typer.Option(None, help="Tokens per minute limit."),
-    max_cost: float | None = typer.Option(None, help="Stop cleanly (resumably) at this many USD."),
-    price_in: float | None = typer.Option(None, help="USD per 1M prompt tokens (overrides the table)."),
-    price_out: float | None = typer.Option(None, help="USD per 1M completion tokens."),
-    retry_failed: bool = typer.Option(False, help="Re-run judge calls that failed before."),
+    base_url: BaseUrl = None,
+    api_key_env: ApiKeyEnv = ORACLE.api_key_env,
+    timeout: Timeout = ORACLE.timeout,
+    device: Device = None,
+    dtype: Dtype = None,
+    batch_size: BatchSize = ORACLE.batch_size,
+    concurrency: Concurrency = None,
+    rpm: Rpm = None,
+    tpm: Tpm = None,
+    max_cost: MaxCost = None,
+    price_in: PriceIn = None,
+    price_out: PriceOut = None,
+    retry_failed: RetryFailed = False,
+    prompts: Prompts = None,
     by_category: bool = typer.Option(True, help="Also print the per-category table."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
+    quiet: Quiet = False,
 ) -> None:
     """Compare two answer files with a pairwise LLM judge, both orders (win/tie/lose, winning score)."""
     from reflectune.judging.rules import Mode
@@ -85,10 +107,7 @@ def judge_command(
                            retry_unparsed=retry_unparsed,
                            max_tokens=max_tokens, run_dir=run_dir, report=report,
                            chart=False if no_chart else chart, name_a=name_a, name_b=name_b,
-                           base_url=base_url, api_key_env=api_key_env, timeout=timeout, device=device,
-                           dtype=dtype, batch_size=batch_size, concurrency=concurrency, rpm=rpm, tpm=tpm,
-                           max_cost=max_cost, price_in=price_in, price_out=price_out,
-                           retry_failed=retry_failed, progress=on_progress)
+                           prompts_dir=prompts, progress=on_progress, **shared_values(locals()))
     data = result.data
     a, b = data["a"]["name"], data["b"]["name"]
     out = Console()

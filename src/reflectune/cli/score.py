@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from reflectune.cli.options import Prompts
 from reflectune.io import parse_fields
 
 STUDENT_HELP = "Student model: embedded | hf:PATH | a model folder | a .gguf file."
@@ -77,6 +78,7 @@ def score_command(
     run_dir: Path | None = typer.Option(None, help="Run folder for a dataset source "
                                         "(default runs/<stem>-<student>-score)."),
     fields: str | None = typer.Option(None, help="Field mapping, e.g. instruction=prompt,output=completion."),
+    prompts: Prompts = None,
     quiet: bool = typer.Option(False, "-q", help="No progress bar."),
 ) -> None:
     """Score IFD and r-IFD of every candidate with a student model (resumable)."""
@@ -87,7 +89,7 @@ def score_command(
         summary = score(source, student=student, template=template, max_length=max_length,
                         batch_tokens=batch_tokens, dtype=dtype, device=device, backend=backend,
                         threads=threads, rifd=rifd, run_dir=run_dir,
-                        fields=parse_fields(fields) if fields else None,
+                        fields=parse_fields(fields) if fields else None, prompts_dir=prompts,
                         progress=update)
     console.print(score_table(summary.manifest))
     console.print(f"scores: {summary.scores}\nrun:    {summary.run_dir}")

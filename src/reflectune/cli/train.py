@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from reflectune.cli.options import Prompts
 from reflectune.training.rules import TrainConfig
 
 _D = TrainConfig()  # the defaults live in one place: the config
@@ -109,6 +110,7 @@ def train_command(
     sft: list[str] = typer.Option([], "--sft", help="KEY=VALUE passed to TRL's SFTConfig (repeatable; "
                                   "values parsed as JSON), e.g. --sft logging_steps=1."),
     fields: str | None = typer.Option(None, help="Field mapping, e.g. instruction=prompt,output=completion."),
+    prompts: Prompts = None,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the effective configuration, steps, tokens "
                                  "and a memory estimate; load no weights."),
     print_accelerate_config: str | None = typer.Option(
@@ -136,7 +138,7 @@ def train_command(
         lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets, merge=merge,
         dtype=dtype, gradient_checkpointing=gradient_checkpointing, seed=seed, save_steps=save_steps,
         save_total_limit=save_total_limit or None, resume=resume, report_to=report_to,
-        world_size=world_size, max_samples=max_samples, sft=parse_sft_overrides(sft))
+        world_size=world_size, max_samples=max_samples, prompts_dir=prompts, sft=parse_sft_overrides(sft))
     console = Console(stderr=True)
     if dry_run:
         from reflectune.training.plan import format_plan, plan_training

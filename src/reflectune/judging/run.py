@@ -222,15 +222,16 @@ def pair_answers(a: list[Answer], b: list[Answer]) -> Pairing:
 # -- judging ------------------------------------------------------------------------------------------
 
 async def _judge_order(engine: Engine, question: str, a: str, b: str, *, a_first: bool, mode: Mode,
-                       retry_unparsed: bool, max_tokens: int | None, sample_id: str) -> OrderResult:
+                       retry_unparsed: bool, max_tokens: int | None, sample_id: str,
+                       prompts_dir: str | None = None) -> OrderResult:
     first, second = (a, b) if a_first else (b, a)
     result = OrderResult(a_first=a_first)
     for reminder in (False, True):
         if reminder and not retry_unparsed:
             break
         request = judge_request(question, first, second, mode=mode, reminder=reminder,
-                                max_tokens=max_tokens)
-        record = await engine.call(JUDGE_STAGE, request, version=template_version(mode),
+                                max_tokens=max_tokens, prompts_dir=prompts_dir)
+        record = await engine.call(JUDGE_STAGE, request, version=template_version(mode, prompts_dir),
                                    sample_id=sample_id)
         result.retried = reminder
         if not record.ok:
@@ -254,7 +255,7 @@ async def _judge_order(engine: Engine, question: str, a: str, b: str, *, a_first
 
 
 async def _judge_item(engine: Engine, a: Answer, b: Answer, *, mode: Mode, retry_unparsed: bool,
-                      max_tokens: int | None) -> ItemJudgment:
+                      max_tokens: int | None, prompts_dir: str | None = None) -> ItemJudgment:
     dataset = a.dataset or b.dataset or "answers"
     item_id = a.id or b.id or str(a.row - 1)
     item = ItemJudgment(dataset, item_id, a.category or b.category, a.instruction)
@@ -265,7 +266,7 @@ async def _judge_item(engine: Engine, a: Answer, b: Answer, *, mode: Mode, retry
     item.orders = list(await asyncio.gather(*(
         _judge_order(engine, a.instruction, a.output, b.output, a_first=a_first, mode=mode,
                      retry_unparsed=retry_unparsed, max_tokens=max_tokens,
-                     sample_id=f"{dataset}/{item_id}")
+                     sample_id=f"{dataset}/{item_id}", prompts_dir=prompts_dir)
         for a_first in (True, False))))
     return item
 
@@ -361,7 +362,8 @@ async def ajudge(answers_a: str | os.PathLike[str], answers_b: str | os.PathLike
         engine = stage.engine
         stage.manifest = {"a": str(path_a), "b": str(path_b), "judge": oracle.model_dump(mode="json"),
                           "engine": config.engine.model_dump(mode="json"), "mode": mode,
-                          "template": template_version(mode), "retry_unparsed": retry_unparsed,
+                          "template": template_version(mode, config.prompts_dir),
+                          "retry_unparsed": retry_unparsed,
                           "max_tokens": max_tokens, "pairs": len(pairing.pairs)}
         stage.write("running")
         stage.live = lambda: {"stats": engine.stats.as_dict()}
@@ -370,7 +372,7 @@ async def ajudge(answers_a: str | os.PathLike[str], answers_b: str | os.PathLike
         async def one(a: Answer, b: Answer) -> ItemJudgment:
             nonlocal done
             item = await _judge_item(engine, a, b, mode=mode, retry_unparsed=retry_unparsed,
-                                     max_tokens=max_tokens)
+                                     max_tokens=max_tokens, prompts_dir=config.prompts_dir)
             done += 1
             if progress is not None:
                 progress(done, len(pairing.pairs), engine.stats)
@@ -399,7 +401,7 @@ async def ajudge(answers_a: str | os.PathLike[str], answers_b: str | os.PathLike
         data = {
             "a": {"path": str(path_a), "name": label_a, "rows": len(rows_a)},
             "b": {"path": str(path_b), "name": label_b, "rows": len(rows_b)},
-            "judge": oracle.spec, "mode": mode, "template": template_version(mode),
+            "judge": oracle.spec, "mode": mode, "template": template_version(mode, config.prompts_dir),
             "retry_unparsed": retry_unparsed, "pairs": len(pairing.pairs),
             **tallies,
             "unmatched": {"a": len(pairing.unmatched_a), "b": len(pairing.unmatched_b),
@@ -453,6 +455,7 @@ def judge(
     price_in: float | None = None,
     price_out: float | None = None,
     retry_failed: bool | None = None,
+    prompts_dir: str | None = None,
     progress: Progress | None = None,
 ) -> JudgeReport:
     """Compare two answer files with a pairwise LLM judge, both orders (METHOD.md §7.1).
@@ -490,6 +493,7 @@ def judge(
                   "device": device, "dtype": dtype, "batch_size": batch_size},
         "engine": {"concurrency": concurrency, "rpm": rpm, "tpm": tpm, "max_cost": max_cost,
                    "price_in": price_in, "price_out": price_out, "retry_failed": retry_failed},
-        "mode": mode, "retry_unparsed": retry_unparsed, "max_tokens": max_tokens})
+        "mode": mode, "retry_unparsed": retry_unparsed, "max_tokens": max_tokens,
+        "prompts_dir": prompts_dir})
     return asyncio.run(ajudge(answers_a, answers_b, config=config, run_dir=run_dir, report=report,
                               chart=chart, name_a=name_a, name_b=name_b, progress=progress))

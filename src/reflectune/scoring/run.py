@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reflectune.config import ScoreConfig, merged
 from reflectune.contracts import SCORES_FILE, VARIANT_NAMES, VARIANTS_FILE, VariantsLine
 from reflectune.errors import ConfigError, DataError
 from reflectune.io.atomic import atomic_open
@@ -106,17 +107,20 @@ def _count(records: Iterator[_Record]) -> int:
     return sum(1 for _ in records)
 
 
-def score(source: str | os.PathLike[str], *, student: str = "embedded", template: str = "vicuna",
-          max_length: int = 2048, batch_tokens: int = 8192, dtype: str | None = None,
-          device: str | None = None, backend: str = "hf", run_dir: str | os.PathLike[str] | None = None,
-          fields: Mapping[str, str] | None = None, fmt: str | None = None, chunk_size: int = 1024,
-          threads: int | None = None, rifd: bool | None = None,
-          progress: Callable[[ScoreProgress], None] | None = None) -> ScoreSummary:
+def score(source: str | os.PathLike[str], config: ScoreConfig | None = None, *,
+          run_dir: str | os.PathLike[str] | None = None,
+          progress: Callable[[ScoreProgress], None] | None = None,
+          student: str | None = None, template: str | None = None, max_length: int | None = None,
+          batch_tokens: int | None = None, dtype: str | None = None, device: str | None = None,
+          backend: str | None = None, fields: Mapping[str, str] | None = None, fmt: str | None = None,
+          chunk_size: int | None = None, threads: int | None = None, rifd: bool | None = None,
+          prompts_dir: str | None = None) -> ScoreSummary:
     """Score IFD and r-IFD of every candidate with a student model (METHOD.md §5.1), resumably.
 
     Args:
         source: a recycle run folder (scores ori, Q, A, QA) or a dataset file (scores ori only,
             Cherry LLM mode, in ``run_dir`` or ``runs/<stem>-<student>-score``).
+        config: a ``ScoreConfig``; the keyword arguments below that are given override its fields.
         student: ``embedded``, ``hf:PATH``, a model folder or a ``.gguf`` file.
         template: ``vicuna`` (default), ``alpaca``, ``wiz`` or ``chat``.
         max_length: tokens per sequence; the target is truncated, never the prompt.
@@ -131,6 +135,8 @@ def score(source: str | os.PathLike[str], *, student: str = "embedded", template
         rifd: also compute r-IFD (Q_direct, Q_condition). Default: yes for a run folder (``select``
             needs it), no for a dataset, whose Cherry-style selection ranks by IFD alone; that
             halves the work. Items are cached one by one, so asking for r-IFD later adds only them.
+        prompts_dir: a folder of template overrides (``student_<template>.txt``,
+            ``guess_instruction.txt``); their text enters every item's key.
         progress: called after every batch with a ``ScoreProgress``.
 
     Returns:
@@ -152,6 +158,14 @@ def score(source: str | os.PathLike[str], *, student: str = "embedded", template
     )
     from reflectune.prompts.student import STUDENT_TEMPLATES
 
+    config = merged(ScoreConfig, config, {
+        "student": student, "template": template, "max_length": max_length, "batch_tokens": batch_tokens,
+        "dtype": dtype, "device": device, "backend": backend, "fields": fields, "fmt": fmt,
+        "chunk_size": chunk_size, "threads": threads, "rifd": rifd, "prompts_dir": prompts_dir})
+    student, template, max_length = config.student, config.template, config.max_length
+    batch_tokens, dtype, device, backend = config.batch_tokens, config.dtype, config.device, config.backend
+    fields, fmt, chunk_size, threads = config.fields, config.fmt, config.chunk_size, config.threads
+    rifd = config.rifd
     started = time.monotonic()
     if template not in STUDENT_TEMPLATES:
         raise ConfigError(f"unknown template '{template}': choose one of {', '.join(STUDENT_TEMPLATES)}")
@@ -232,7 +246,8 @@ def score(source: str | os.PathLike[str], *, student: str = "embedded", template
         try:
             scorer = IFDScorer(tokenizer, load_model=load_model, template=template, max_length=max_length,
                                batch_tokens=batch_tokens, store=run.store, namespace=namespace,
-                               on_batch=on_batch, compute=compute)
+                               on_batch=on_batch, compute=compute,
+                               prompts_dir=config.prompts_dir)
         except ValueError as exc:  # e.g. the chat template on a tokenizer that has none
             raise ConfigError(f"{student}: {exc}") from None
         counts: Counter[str] = Counter()

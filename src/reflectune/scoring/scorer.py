@@ -151,7 +151,8 @@ class IFDScorer:
                  template: str = "vicuna", max_length: int = 2048, batch_tokens: int = 8192,
                  store: Store | None = None, namespace: str = "ifd",
                  on_batch: BatchCallback | None = None,
-                 compute: Callable[[Sequence[Item]], list[tuple[float, int]]] | None = None) -> None:
+                 compute: Callable[[Sequence[Item]], list[tuple[float, int]]] | None = None,
+                 prompts_dir: str | None = None) -> None:
         if model is None and load_model is None and compute is None:
             raise ValueError("IFDScorer needs a model, a load_model callable or a compute callable")
         if batch_tokens < 1:
@@ -159,7 +160,7 @@ class IFDScorer:
         self.tokenizer = tokenizer
         self.model = model
         self._load_model = load_model
-        self.tokens = Tokenized(tokenizer, template=template, max_length=max_length)
+        self.tokens = Tokenized(tokenizer, template=template, max_length=max_length, prompts_dir=prompts_dir)
         self.batch_tokens = batch_tokens
         self.store = store
         self.namespace = namespace

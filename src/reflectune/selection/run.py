@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reflectune.config import SelectConfig, merged
 from reflectune.contracts import SCORES_FILE, VARIANTS_FILE, ScoresLine, VariantsLine
 from reflectune.errors import ConfigError, DataError
 from reflectune.io.jsonl import read_jsonl
@@ -56,11 +57,11 @@ def _needs_scoring(folder: Path, source: Path, wanted: Mapping[str, Any]) -> boo
     return any(value is not None and section.get(key) != value for key, value in wanted.items())
 
 
-def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None = None, *,
-           top_k: str | int | TopK | None = None, below_one_filter: bool = True,
-           metric: str = "ppl_ratio", student: str | None = None, template: str | None = None,
-           max_length: int | None = None, batch_tokens: int = 8192, dtype: str | None = None,
-           device: str | None = None, threads: int | None = None,
+def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None = None,
+           config: SelectConfig | None = None, *, top_k: str | int | TopK | None = None,
+           below_one_filter: bool | None = None, metric: str | None = None, student: str | None = None,
+           template: str | None = None, max_length: int | None = None, batch_tokens: int | None = None,
+           dtype: str | None = None, device: str | None = None, threads: int | None = None,
            run_dir: str | os.PathLike[str] | None = None,
            fields: Mapping[str, str] | None = None, fmt: str | None = None,
            output_format: str | None = None,
@@ -71,6 +72,7 @@ def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None
         source: a recycle run folder, or a dataset file (Cherry mode: ori only, top-k by IFD).
         output: the selected dataset; its extension picks the format (default
             ``<run>/selected.<input format>``).
+        config: a ``SelectConfig``; the keyword arguments below that are given override its fields.
         top_k: ``"5%"``, ``"1000"`` or a ``TopK``: rank kept rows by IFD, higher first.
         below_one_filter: require IFD < 1 and r-IFD < 1 for kept pairs (reference behaviour).
         metric: ``ppl_ratio`` (default, exp(L_cond - L_direct)) or ``loss_ratio`` (L_cond / L_direct).
@@ -90,9 +92,18 @@ def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None
         summary = select("runs/alpaca-embedded", "srecycled.json", top_k="10%")
         summary.outcomes  # {'both': ..., 'instruction': ..., 'response': ..., 'none': ...}
     """
+    config = merged(SelectConfig, config, {
+        "top_k": str(top_k) if isinstance(top_k, TopK) else top_k, "below_one_filter": below_one_filter,
+        "metric": metric, "student": student, "template": template, "max_length": max_length,
+        "batch_tokens": batch_tokens, "dtype": dtype, "device": device, "threads": threads,
+        "fields": fields, "fmt": fmt, "output_format": output_format})
+    below_one_filter, metric = config.below_one_filter, config.metric
+    student, template, max_length = config.student, config.template, config.max_length
+    batch_tokens, dtype, device, threads = config.batch_tokens, config.dtype, config.device, config.threads
+    fields, fmt, output_format = config.fields, config.fmt, config.output_format
     if metric not in METRICS:
         raise ConfigError(f"unknown metric '{metric}': choose one of {', '.join(METRICS)}")
-    spec = parse_top_k(top_k) if top_k is not None else None
+    spec = parse_top_k(config.top_k) if config.top_k is not None else None
     src = Path(source)
     mode = "variants" if is_run_folder(src) else "cherry"
     if mode == "variants":

@@ -92,7 +92,7 @@ def _lengths(samples: list[Sample], config: TrainConfig, tokenizer: Any) -> tupl
     if tokenizer is None:
         return [max(1, len(s.instruction) + len(s.input) + len(s.output) + 200) // 4 for s in rows], True
     lengths = []
-    for example in build_examples(rows, config.template, tokenizer):
+    for example in build_examples(rows, config.template, tokenizer, config.prompts_dir):
         if isinstance(example["prompt"], list):
             ids = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=True,
                                                 return_dict=True)["input_ids"]

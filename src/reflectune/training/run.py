@@ -112,7 +112,8 @@ def load_training_samples(data: str | Path | Iterable[Sample], max_samples: int 
     return kept, skipped
 
 
-def build_examples(samples: Iterable[Sample], template: str, tokenizer: Any) -> list[dict[str, Any]]:
+def build_examples(samples: Iterable[Sample], template: str, tokenizer: Any,
+                   prompts_dir: str | None = None) -> list[dict[str, Any]]:
     """TRL prompt/completion rows. Plain templates give strings ending in the tokenizer's eos (the
     ``</s>`` of the vicuna recipe); ``chat`` gives conversational rows rendered by the chat template."""
     rows: list[dict[str, Any]] = []
@@ -126,7 +127,7 @@ def build_examples(samples: Iterable[Sample], template: str, tokenizer: Any) -> 
         return rows
     eos, sep = tokenizer.eos_token or "", response_separator(template)
     for s in samples:
-        rows.append({"prompt": student_prompt(template, s.instruction, s.input),
+        rows.append({"prompt": student_prompt(template, s.instruction, s.input, prompts_dir=prompts_dir),
                      "completion": sep + s.output + eos})
     return rows
 
@@ -276,7 +277,7 @@ def build_trainer(data: str | Path | Iterable[Sample], base: str, output_dir: st
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                  target_modules=cfg.lora_target_modules(), task_type="CAUSAL_LM")
     out.mkdir(parents=True, exist_ok=True)
-    dataset = Dataset.from_list(build_examples(samples, cfg.template, tokenizer))
+    dataset = Dataset.from_list(build_examples(samples, cfg.template, tokenizer, cfg.prompts_dir))
     try:
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=peft_config,
