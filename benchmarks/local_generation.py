@@ -141,7 +141,7 @@ def _decode_steps(oracle: Any, sizes: list[int], steps: int = 32) -> list[tuple[
 
 
 def _reflections(n: int, max_tokens: int) -> list[Any]:
-    from reflectune.prompts.markers import BETTER_ANSWER
+    from reflectune.markers import BETTER_ANSWER
     from reflectune.prompts.render import load_template, render
     from reflectune.types import ChatRequest
 

@@ -23,7 +23,7 @@ from reflectune.judging.rules import (
     winning_score,
 )
 from reflectune.judging.run import Answer, judge, pair_answers, read_answers, write_chart
-from reflectune.prompts.markers import JUDGE_ANSWER_1, JUDGE_ANSWER_2
+from reflectune.markers import JUDGE_ANSWER_1, JUDGE_ANSWER_2
 from reflectune.testing.server import running_server
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

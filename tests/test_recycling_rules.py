@@ -29,7 +29,7 @@ from reflectune.io.testsets import (
     parse_prompt_fields,
 )
 from reflectune.oracles import pricing
-from reflectune.prompts.markers import BETTER_ANSWER, END, NEW_ANSWER, NEW_INSTRUCTION
+from reflectune.markers import BETTER_ANSWER, END, NEW_ANSWER, NEW_INSTRUCTION
 from reflectune.prompts.parse import parse_reflection
 from reflectune.prompts.render import INSTRUCTION, MERGE, RESPONSE, ReflectionKind
 from reflectune.recycling.rules import (

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from reflectune.prompts.markers import (
+from reflectune.markers import (
     BETTER_ANSWER,
     END,
     JUDGE_ANSWER_1,

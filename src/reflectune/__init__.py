@@ -1,8 +1,9 @@
 """reflectune: recycle instruction-tuning data with Reflection-Tuning and Selective Reflection-Tuning.
 
 The public surface is the names in ``__all__``: one function per command (``recycle``, ``score``,
-``select``, ``train``, ``generate``, ``judge``), their configs, and the records and seams needed to
-extend it (oracles, the engine, the store, data I/O). Names load lazily, so ``import reflectune``
+``select``, ``train``, ``generate``, ``judge``), each stage's Config (all gathered in ``RunConfig``)
+and Summary, and the records and seams needed to extend it (oracles and their capabilities, the
+engine, the store, data I/O). Names load lazily, so ``import reflectune``
 stays cheap and never imports torch; a test pins ``__all__``.
 
 Example::
@@ -28,20 +29,31 @@ _EXPORTS: dict[str, str] = {
     "train": "reflectune.training",
     "generate": "reflectune.generation",
     "judge": "reflectune.judging",
-    # configs and results
+    # configs: one per stage, gathered in RunConfig
+    "RunConfig": "reflectune.config",
     "RecycleConfig": "reflectune.config",
     "OracleConfig": "reflectune.config",
     "SamplingConfig": "reflectune.config",
     "EngineConfig": "reflectune.config",
+    "ScoreConfig": "reflectune.config",
+    "SelectConfig": "reflectune.config",
+    "TrainConfig": "reflectune.config",
+    "GenerateConfig": "reflectune.config",
+    "JudgeConfig": "reflectune.config",
+    # what each verb returns
     "RecycleSummary": "reflectune.recycling",
-    "TrainConfig": "reflectune.training",
-    "GenerateConfig": "reflectune.generation",
+    "ScoreSummary": "reflectune.scoring",
+    "SelectSummary": "reflectune.selection",
+    "TrainResult": "reflectune.training",
+    "GenerateSummary": "reflectune.generation",
+    "JudgeReport": "reflectune.judging",
     # records and seams
     "ChatRequest": "reflectune.types",
     "Completion": "reflectune.types",
     "Message": "reflectune.types",
     "Sample": "reflectune.types",
     "Oracle": "reflectune.oracles",
+    "Capabilities": "reflectune.oracles",
     "make_oracle": "reflectune.oracles",
     "FakeOracle": "reflectune.oracles.fake",
     "Engine": "reflectune.engine",

@@ -22,7 +22,7 @@ import hashlib
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from reflectune.config import EngineConfig
@@ -76,7 +76,7 @@ class Engine:
 
     def __init__(self, oracle: Oracle, store: Store, config: EngineConfig | None = None, *,
                  prices: Prices | _Unset | None = UNSET,
-                 sleep: Callable[[float], object] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
         self.oracle = oracle
         self.store = store
         self.config = config or EngineConfig()
@@ -186,7 +186,7 @@ class Engine:
             stats.failures_by_kind[kind] = stats.failures_by_kind.get(kind, 0) + 1
         self._recent.append(not record.ok)
         window = self._recent
-        if (self.stop_reason is None and len(window) >= window.maxlen
+        if (self.stop_reason is None and len(window) >= (window.maxlen or 0)
                 and sum(window) / len(window) > self.config.max_failure_rate):
             self.stop_reason = (
                 f"{sum(window)} of the last {len(window)} calls failed (more than "

@@ -10,23 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from reflectune.errors import DataError
 
 __all__ = ["read_jsonl"]
 
-T = TypeVar("T", covariant=True)
-
-
-class Model(Protocol[T]):
-    """What a record model offers (a pydantic model class has it); io itself imports no pydantic."""
-
-    __name__: str
-
-    def model_validate(self, obj: Any) -> T: ...
+T = TypeVar("T")
 
 
 def _why(exc: ValueError) -> str:
@@ -43,11 +35,16 @@ def read_jsonl(path: str | os.PathLike[str], model: None = None) -> Iterator[tup
 
 
 @overload
-def read_jsonl(path: str | os.PathLike[str], model: Model[T]) -> Iterator[tuple[int, T]]: ...
+def read_jsonl(path: str | os.PathLike[str], model: Callable[[Any], T]) -> Iterator[tuple[int, T]]: ...
 
 
-def read_jsonl(path: str | os.PathLike[str], model: Model[Any] | None = None) -> Iterator[tuple[int, Any]]:
-    """``(line number, record)`` for every non-blank line, as a dict or validated by ``model``."""
+def read_jsonl(path: str | os.PathLike[str],
+               model: Callable[[Any], Any] | None = None) -> Iterator[tuple[int, Any]]:
+    """``(line number, record)`` for every non-blank line, as a dict or as ``model(record)``.
+
+    ``model`` is a validator such as ``VariantsLine.model_validate``; the ``ValueError`` it raises
+    (pydantic's ``ValidationError`` is one) becomes a ``DataError`` naming the record type.
+    """
     source = Path(path)
     try:
         fh = source.open(encoding="utf-8")
@@ -79,7 +76,9 @@ def read_jsonl(path: str | os.PathLike[str], model: Model[Any] | None = None) ->
                 yield line_no, value
                 continue
             try:
-                yield line_no, model.model_validate(value)
+                record = model(value)
             except ValueError as exc:  # pydantic's ValidationError is one
-                raise DataError(f"not a {model.__name__} record ({_why(exc)})", path=str(source),
+                kind = getattr(getattr(model, "__self__", model), "__name__", "valid")
+                raise DataError(f"not a {kind} record ({_why(exc)})", path=str(source),
                                 row=line_no) from None
+            yield line_no, record

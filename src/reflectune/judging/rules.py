@@ -146,8 +146,8 @@ def parse_scores(review: str | None) -> tuple[float, float] | None:
 
 def parse_verdict(review: str | None) -> Literal["A", "B", "C"] | None:
     """The MT-Bench pair-v2 verdict: the last ``[[A]]``/``[[B]]``/``[[C]]`` in the review, or ``None``."""
-    found = _VERDICT.findall(review or "")
-    return found[-1] if found else None  # type: ignore[return-value]
+    found: list[Literal["A", "B", "C"]] = _VERDICT.findall(review or "")
+    return found[-1] if found else None
 
 
 # -- outcomes ---------------------------------------------------------------------------------------

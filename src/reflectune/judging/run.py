@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from reflectune.config import JudgeConfig, merged
 from reflectune.contracts import JUDGMENTS_FILE
@@ -345,10 +345,10 @@ async def ajudge(answers_a: str | os.PathLike[str], answers_b: str | os.PathLike
                  chart: str | os.PathLike[str] | bool | None = None, name_a: str | None = None,
                  name_b: str | None = None, progress: Progress | None = None) -> JudgeReport:
     """Async core of :func:`judge`."""
-    mode, oracle = config.mode, config.judge
-    retry_unparsed, max_tokens = config.retry_unparsed, config.max_tokens
-    if mode not in MODES:
-        raise ConfigError(f"unknown judge mode '{mode}'; expected one of {', '.join(MODES)}")
+    oracle, retry_unparsed, max_tokens = config.judge, config.retry_unparsed, config.max_tokens
+    if config.mode not in MODES:
+        raise ConfigError(f"unknown judge mode '{config.mode}'; expected one of {', '.join(MODES)}")
+    mode = cast(Mode, config.mode)
     path_a, path_b = Path(answers_a), Path(answers_b)
     rows_a, rows_b = read_answers(path_a), read_answers(path_b)
     pairing = pair_answers(rows_a, rows_b)
@@ -413,7 +413,7 @@ async def ajudge(answers_a: str | os.PathLike[str], answers_b: str | os.PathLike
                        for i in items if i.error],
             "skipped": [{"dataset": i.dataset, "id": i.id, "reason": i.skipped} for i in items if i.skipped],
             "retried": sum(o.retried for i in items for o in i.orders),
-            "calls": stats, "cost_usd": round(stats["cost"], 6) if stats["cost_known"] else None,
+            "calls": stats, "cost_usd": round(cast(float, stats["cost"]), 6) if stats["cost_known"] else None,
             "elapsed_s": round(time.monotonic() - started, 3),
             "run_dir": str(folder), "judgments": str(judgments),
             "chart": str(chart_path) if chart_path else None,

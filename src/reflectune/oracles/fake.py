@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+from reflectune.markers import BETTER_ANSWER, END, MERGED_INSTRUCTION, NEW_ANSWER, NEW_INSTRUCTION
 from reflectune.oracles.base import Capabilities
 from reflectune.oracles.tokens import approx_tokens
-from reflectune.prompts.markers import BETTER_ANSWER, END, MERGED_INSTRUCTION, NEW_ANSWER, NEW_INSTRUCTION
 from reflectune.types import ChatRequest, Completion
 
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from reflectune.prompts.markers import END, SECTION_MARKERS
+from reflectune.markers import END, SECTION_MARKERS
 
 CUT_OFF_REASONS = ("length", "max_tokens", "model_length")
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)

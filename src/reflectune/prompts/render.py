@@ -22,7 +22,7 @@ from pathlib import Path
 import jinja2
 
 from reflectune.errors import ConfigError
-from reflectune.prompts.markers import BETTER_ANSWER, MERGED_INSTRUCTION, NEW_ANSWER, NEW_INSTRUCTION
+from reflectune.markers import BETTER_ANSWER, MERGED_INSTRUCTION, NEW_ANSWER, NEW_INSTRUCTION
 from reflectune.types import Message
 
 #: Templates with a ``--- text`` section: the student prompts and the r-IFD "guess" prompt.

@@ -111,7 +111,7 @@ class Reflector:
         if "response" not in phases:
             return q, skipped("response phase not requested")
         values, status = await self._reflect(RESPONSE, "response", sample.id,
-                                             instruction=q.instruction, answer=q.output)
+                                             instruction=values["instruction"], answer=values["output"])
         if values is None:
             return q, status
         return q, Variant(q.instruction, "", values["output"], "ok", None, status.calls)
@@ -135,14 +135,16 @@ class Reflector:
             jobs.append(self._response(sample))
         # Both chains run to the end even if one raises: their calls are paid for and get stored.
         results = await asyncio.gather(*jobs, return_exceptions=True)
+        done: list[Any] = []
         for outcome in results:
             if isinstance(outcome, BaseException):
                 raise outcome
+            done.append(outcome)
         if "instruction" in phases:
-            q, qa = results[0]
+            q, qa = done[0]
         else:
             q, qa = skipped("instruction phase not requested"), skipped("instruction phase not requested")
-        a = results[-1] if "response" in phases else skipped("response phase not requested")
+        a = done[-1] if "response" in phases else skipped("response phase not requested")
         variants = {"ori": ori, "Q": q, "A": a, "QA": qa}
         return SampleResult(sample, variants, choose(variants))
 

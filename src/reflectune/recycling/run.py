@@ -73,7 +73,7 @@ class _Counter:
 def _validate(path: Path, config: RecycleConfig) -> tuple[int, int]:
     """Read the whole input once: bad input fails here, before anything is paid for."""
     counter = _Counter()
-    rows = sum(1 for _ in _samples(path, config, counter))  # type: ignore[arg-type]
+    rows = sum(1 for _ in _samples(path, config, counter))  # type: ignore[arg-type,misc]
     if rows == 0:
         raise DataError("no usable rows", path=str(path))
     return rows, counter.count

@@ -81,7 +81,7 @@ def score_namespace(fingerprint: str, template: str, max_length: int, dtype: str
 
 
 def _iter_variants(path: Path) -> Iterator[_Record]:
-    for line_no, line in read_jsonl(path, VariantsLine):
+    for line_no, line in read_jsonl(path, VariantsLine.model_validate):
         variants: dict[str, tuple[str, str, str, str]] = {}
         for name in VARIANT_NAMES:
             v = line.variants.get(name)
@@ -165,7 +165,7 @@ def score(source: str | os.PathLike[str], config: ScoreConfig | None = None, *,
     student, template, max_length = config.student, config.template, config.max_length
     batch_tokens, dtype, device, backend = config.batch_tokens, config.dtype, config.device, config.backend
     fields, fmt, chunk_size, threads = config.fields, config.fmt, config.chunk_size, config.threads
-    rifd = config.rifd
+    rifd, prompts_dir = config.rifd, config.prompts_dir
     started = time.monotonic()
     if template not in STUDENT_TEMPLATES:
         raise ConfigError(f"unknown template '{template}': choose one of {', '.join(STUDENT_TEMPLATES)}")
@@ -204,22 +204,22 @@ def score(source: str | os.PathLike[str], config: ScoreConfig | None = None, *,
         raise ConfigError(f"--backend vllm needs a CUDA GPU; the device here is {chosen_device}")
     # vLLM's kernels give slightly different numbers: its results get their own namespace
     namespace = score_namespace(fingerprint, template, max_length,
-                                chosen_dtype if backend == "hf" else f"{chosen_dtype}+{backend}")
+                                f"{chosen_dtype}+{backend}" if backend == "vllm" else chosen_dtype)
     total = _count(records())
-    config = {"student": student, "fingerprint": fingerprint, "template": template,
-              "max_length": max_length, "batch_tokens": batch_tokens, "dtype": chosen_dtype,
-              "device": chosen_device, "backend": backend, "namespace": namespace, "mode": mode,
-              "threads": threads, "rifd": with_rifd,
-              "source": str(src.resolve()), "selection_metric": SELECTION_METRIC}
+    setup = {"student": student, "fingerprint": fingerprint, "template": template,
+             "max_length": max_length, "batch_tokens": batch_tokens, "dtype": chosen_dtype,
+             "device": chosen_device, "backend": backend, "namespace": namespace, "mode": mode,
+             "threads": threads, "rifd": with_rifd,
+             "source": str(src.resolve()), "selection_metric": SELECTION_METRIC}
     if mode == "cherry":
         from reflectune.io import detect_format
 
-        config["input"] = {"path": str(src.resolve()), "format": fmt or detect_format(src),
-                           "fields": dict(fields or {})}
+        setup["input"] = {"path": str(src.resolve()), "format": fmt or detect_format(src),
+                          "fields": dict(fields or {})}
 
     with RunFolder(folder) as run:
         assert run.store is not None
-        run.update_manifest("score", {**config, "status": "running"})
+        run.update_manifest("score", {**setup, "status": "running"})
         tokenizer = load_tokenizer(model_source)
         done_samples = 0
         chunk_mark = {"tokens": 0, "size": 0}
@@ -247,7 +247,7 @@ def score(source: str | os.PathLike[str], config: ScoreConfig | None = None, *,
             scorer = IFDScorer(tokenizer, load_model=load_model, template=template, max_length=max_length,
                                batch_tokens=batch_tokens, store=run.store, namespace=namespace,
                                on_batch=on_batch, compute=compute,
-                               prompts_dir=config.prompts_dir)
+                               prompts_dir=prompts_dir)
         except ValueError as exc:  # e.g. the chat template on a tokenizer that has none
             raise ConfigError(f"{student}: {exc}") from None
         counts: Counter[str] = Counter()
@@ -271,7 +271,7 @@ def score(source: str | os.PathLike[str], config: ScoreConfig | None = None, *,
         seconds = time.monotonic() - started
         nan = {"candidates": counts["nan_candidates"], "ifd": counts["nan_ifd"],
                "rifd": counts["nan_rifd"], "losses": counts["nan_losses"]}
-        manifest = {**config, "status": "done", "samples": done_samples, "candidates": counts["candidates"],
+        manifest = {**setup, "status": "done", "samples": done_samples, "candidates": counts["candidates"],
                     "unavailable": counts["unavailable"], "nan": nan,
                     "seconds": round(seconds, 2), **scorer.stats.to_json(),
                     "scores": SCORES_FILE}

@@ -251,5 +251,5 @@ class IFDScorer:
         tokens.clear()
         values = self.losses([item for b in built for item in b.items.values()])
         names = STATS if rifd else IFD_STATS
-        return [CandidateScores(*(values[b.items[name].key] for name in names), with_rifd=rifd)
+        return [CandidateScores(**{name: values[b.items[name].key] for name in names}, with_rifd=rifd)
                 for b in built]

@@ -138,7 +138,7 @@ def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None
         # 1. Apply the rule to every sample (no texts held).
         choices: list[Choice] = []
         ids: list[str] = []
-        for _, line in read_jsonl(run.file(SCORES_FILE), ScoresLine):
+        for _, line in read_jsonl(run.file(SCORES_FILE), ScoresLine.model_validate):
             ids.append(line.id)
             variants = {name: entry.model_dump(exclude_unset=True) for name, entry in line.variants.items()}
             if mode == "variants":
@@ -211,7 +211,7 @@ def _write(out_path: Path, out_fmt: str | None, mode: str, folder: Path, in_path
                 if index in keep:
                     _emit(writer, sample, sample.instruction, sample.input, sample.output, choices[index])
             return writer.count
-        lines = (line for _, line in read_jsonl(folder / VARIANTS_FILE, VariantsLine))
+        lines = (line for _, line in read_jsonl(folder / VARIANTS_FILE, VariantsLine.model_validate))
         for index, (sample, record) in enumerate(_align(samples, lines)):
             if index >= len(ids) or ids[index] != sample.id:
                 raise DataError("scores.jsonl does not match variants.jsonl (recycled again since "

@@ -25,7 +25,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from reflectune.prompts.markers import (
+from reflectune.markers import (
     BETTER_ANSWER,
     END,
     JUDGE_ANSWER_1,

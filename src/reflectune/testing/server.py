@@ -42,7 +42,7 @@ from typing import Any
 
 from aiohttp import web
 
-from reflectune.prompts.markers import END
+from reflectune.markers import END
 from reflectune.testing.responder import CREATED, apply_limits, completion_body, messages_key, respond
 
 __all__ = [
@@ -179,7 +179,8 @@ class _State:
     ) -> bytes:
         """The response body bytes, from a small LRU (the options are fixed between resets)."""
         o = self.options
-        model = body.get("model") if isinstance(body.get("model"), str) else o.model
+        asked = body.get("model")
+        model: str = asked if isinstance(asked, str) else o.model
         ck = (key, model, repr(body.get("stop")), repr(body.get("max_tokens")), fault)
         hit = self.cache.get(ck)
         if hit is not None:

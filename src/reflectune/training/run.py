@@ -24,10 +24,10 @@ import json
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from reflectune.errors import ConfigError, DataError
 from reflectune.io.atomic import write_text_atomic
@@ -288,7 +288,7 @@ def build_trainer(data: str | Path | Iterable[Sample], base: str, output_dir: st
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
-    info = {"rows": len(samples), "trained_rows": len(trainer.train_dataset), "skipped": skipped,
+    info = {"rows": len(samples), "trained_rows": len(cast(Sized, trainer.train_dataset)), "skipped": skipped,
             "world_size": world, "gradient_accumulation": accumulation, "device": device, "dtype": dtype,
             "weights_dtype": weights_dtype, "config": cfg,
             "timings": {"load_s": round(loaded - started, 2),

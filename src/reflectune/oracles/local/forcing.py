@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from reflectune.prompts.markers import END, PROMPT_HEADERS
+from reflectune.markers import END, PROMPT_HEADERS
 from reflectune.types import ChatRequest
 
 DEFAULT_MAX_TOKENS = 512
