@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-# what the oracle itself sets before torch's first import (see hf_local._passive_openmp);
+# what the oracle itself sets before torch's first import (see models.runtime.import_torch);
 # set here so that the start-up subprocesses, which import torch first, get it too
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -28,8 +28,8 @@ from reflectune.io.testsets import (
     packaged_testset_path,
     parse_prompt_fields,
 )
-from reflectune.oracles import pricing
 from reflectune.markers import BETTER_ANSWER, END, NEW_ANSWER, NEW_INSTRUCTION
+from reflectune.oracles import pricing
 from reflectune.prompts.parse import parse_reflection
 from reflectune.prompts.render import INSTRUCTION, MERGE, RESPONSE, ReflectionKind
 from reflectune.recycling.rules import (

@@ -1,4 +1,4 @@
-"""``reflectune judge``: flags -> ``judge_run.judge()``; W/T/L tables per test set and category."""
+"""``reflectune judge``: flags -> ``judging.judge()``; W/T/L tables per test set and category."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`reflectune models`: show what ``model_catalog`` finds (the embedded model, the cache, local
+"""`reflectune models`: show what ``models.catalog`` finds (the embedded model, the cache, local
 models), as a table or ``--json``. Listing only: nothing is loaded or downloaded."""
 
 from __future__ import annotations
