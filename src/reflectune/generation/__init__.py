@@ -1,5 +1,6 @@
 """Generation: a model answers the papers' test sets (or any prompts), resumably, in AlpacaEval's schema."""
 
-from reflectune.generation.run import GenerateConfig, GenerateSummary, agenerate, generate
+from reflectune.config import GenerateConfig
+from reflectune.generation.run import GenerateSummary, agenerate, generate
 
 __all__ = ["GenerateConfig", "GenerateSummary", "agenerate", "generate"]

@@ -4,6 +4,7 @@
 the calls and writes the report and chart.
 """
 
+from reflectune.config import JudgeConfig
 from reflectune.judging.run import JudgeReport, ajudge, judge
 
-__all__ = ["JudgeReport", "ajudge", "judge"]
+__all__ = ["JudgeConfig", "JudgeReport", "ajudge", "judge"]

@@ -1,11 +1,13 @@
 """Student scoring for Selective Reflection-Tuning: IFD and r-IFD per candidate (METHOD.md §5.1).
 
 ``score()`` runs a student over a recycle run folder (or a plain dataset) and writes ``scores.jsonl``;
-``IFDScorer`` is the engine underneath, usable on its own. torch is imported only when a model runs,
-so importing this package is cheap.
+``rules`` is the arithmetic of IFD and r-IFD; ``IFDScorer`` is the engine underneath, usable on its
+own. torch is imported only when a model runs, so importing this package is cheap.
 """
 
+from reflectune.config import ScoreConfig
+from reflectune.scoring.rules import CandidateScores
 from reflectune.scoring.run import ScoreProgress, ScoreSummary, score
-from reflectune.scoring.scorer import CandidateScores, IFDScorer
+from reflectune.scoring.scorer import IFDScorer
 
-__all__ = ["CandidateScores", "IFDScorer", "ScoreProgress", "ScoreSummary", "score"]
+__all__ = ["CandidateScores", "IFDScorer", "ScoreConfig", "ScoreProgress", "ScoreSummary", "score"]

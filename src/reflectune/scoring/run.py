@@ -26,7 +26,8 @@ from reflectune.contracts import SCORES_FILE, VARIANT_NAMES, VARIANTS_FILE, Vari
 from reflectune.errors import ConfigError, DataError
 from reflectune.io.atomic import atomic_open
 from reflectune.io.jsonl import read_jsonl
-from reflectune.scoring.scorer import SCORING_VERSION, IFDScorer, ScorerStats
+from reflectune.scoring.rules import score_namespace
+from reflectune.scoring.scorer import IFDScorer, ScorerStats
 from reflectune.store.rundir import RunFolder, default_run_dir
 
 BACKENDS = ("hf", "vllm")
@@ -73,11 +74,6 @@ class _Record:
 def is_run_folder(path: str | os.PathLike[str]) -> bool:
     """A recycle run folder: has ``variants.jsonl``."""
     return (Path(path) / VARIANTS_FILE).is_file()
-
-
-def score_namespace(fingerprint: str, template: str, max_length: int, dtype: str) -> str:
-    """Store namespace of one scoring setup; the per-item key is a content hash within it."""
-    return f"ifd:v{SCORING_VERSION}:{fingerprint}:{template}:{max_length}:{dtype}"
 
 
 def _iter_variants(path: Path) -> Iterator[_Record]:

@@ -3,7 +3,9 @@
 ``rules`` is the selection rule and the top-k cut, pure; ``run`` reads scores and writes the dataset.
 """
 
+from reflectune.config import SelectConfig
 from reflectune.selection.rules import Choice, TopK, choose_variant, parse_top_k, select_top_k
 from reflectune.selection.run import SelectSummary, select
 
-__all__ = ["Choice", "SelectSummary", "TopK", "choose_variant", "parse_top_k", "select", "select_top_k"]
+__all__ = ["Choice", "SelectConfig", "SelectSummary", "TopK", "choose_variant", "parse_top_k", "select",
+           "select_top_k"]

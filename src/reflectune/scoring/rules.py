@@ -1,0 +1,87 @@
+"""Scoring's rules (METHOD.md §5.1): a candidate's four losses, the ratios made of them, and the
+store namespace that says which setup computed them.
+
+Pure arithmetic. ``ifd`` and ``rifd`` are perplexity ratios ``exp(L_cond - L_direct)``, the
+selection default; the ``*_loss_ratio`` variants are Cherry LLM's ``L_cond / L_direct``. A loss with
+no target token left is NaN, stored as ``None``, and every ratio built on it is ``None`` too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+#: bumped when the way a loss is computed changes (part of every store namespace).
+SCORING_VERSION = 1
+
+
+def ratio_exp(cond: float | None, direct: float | None) -> float | None:
+    """IFD's perplexity ratio ``exp(L_cond - L_direct)``; ``None`` where a loss is NaN or it overflows."""
+    if cond is None or direct is None:
+        return None
+    try:
+        return math.exp(cond - direct)
+    except OverflowError:
+        return None
+
+
+def loss_ratio(cond: float | None, direct: float | None) -> float | None:
+    """Cherry LLM's ``L_cond / L_direct``; ``None`` where a loss is NaN or the direct loss is 0."""
+    if cond is None or direct is None or direct == 0:
+        return None
+    return cond / direct
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateScores:
+    """The four mean losses of one candidate (None where no target token was left: NaN).
+
+    ``ifd`` and ``rifd`` are perplexity ratios, ``exp(L_cond - L_direct)`` (METHOD.md §5.1, the
+    default for selection); ``*_loss_ratio`` are Cherry LLM's ``L_cond / L_direct``. Scored for IFD
+    only (``with_rifd`` False), the r-IFD side was never computed: it is absent, not NaN.
+    """
+
+    a_direct: float | None
+    a_condition: float | None
+    q_direct: float | None = None
+    q_condition: float | None = None
+    with_rifd: bool = True
+
+    @property
+    def ifd(self) -> float | None:
+        return ratio_exp(self.a_condition, self.a_direct)
+
+    @property
+    def rifd(self) -> float | None:
+        return ratio_exp(self.q_condition, self.q_direct)
+
+    @property
+    def ifd_loss_ratio(self) -> float | None:
+        return loss_ratio(self.a_condition, self.a_direct)
+
+    @property
+    def rifd_loss_ratio(self) -> float | None:
+        return loss_ratio(self.q_condition, self.q_direct)
+
+    @property
+    def losses(self) -> tuple[float | None, ...]:
+        """The losses that were scored (``STATS`` order)."""
+        both = (self.a_direct, self.a_condition, self.q_direct, self.q_condition)
+        return both if self.with_rifd else both[:2]
+
+    @property
+    def has_nan(self) -> bool:
+        return None in self.losses
+
+    def to_json(self) -> dict[str, float | None]:
+        out = {"a_direct": self.a_direct, "a_condition": self.a_condition, "ifd": self.ifd,
+               "ifd_loss_ratio": self.ifd_loss_ratio}
+        if self.with_rifd:
+            out.update(q_direct=self.q_direct, q_condition=self.q_condition, rifd=self.rifd,
+                       rifd_loss_ratio=self.rifd_loss_ratio)
+        return out
+
+
+def score_namespace(fingerprint: str, template: str, max_length: int, dtype: str) -> str:
+    """Store namespace of one scoring setup; the per-item key is a content hash within it."""
+    return f"ifd:v{SCORING_VERSION}:{fingerprint}:{template}:{max_length}:{dtype}"
