@@ -14,7 +14,12 @@ message and an exit code, never a traceback.
         ├── RateLimited          429; carries ``retry_after``                    retried
         ├── OracleTimeout        no answer in time                               retried
         ├── OracleUnavailable    5xx, reset connection, garbled body             retried
-        └── OracleRejected       400/401/403/404, context too long               never retried
+        ├── OracleFatal          401/403/404, no quota, nothing listening        stops the run at once
+        └── OracleRejected       400, context too long, content filter           final: never retried
+
+Which failures a plain rerun asks again is one rule, ``final_failure(kind)``: only deterministic
+outcomes (the same request would fail the same way) stay final in the store; everything else (auth,
+a wrong URL, timeouts, 5xx, rate limits that ran out of attempts) is retried by the next run.
 """
 
 from __future__ import annotations
@@ -58,7 +63,10 @@ class RunStopped(ReflectuneError):
 
 
 class OracleError(ReflectuneError):
+    #: worth another attempt within this run (with backoff)
     retryable = False
+    #: no call can succeed until the user fixes the cause: the run stops new calls at once
+    fatal = False
 
     def __init__(self, message: str, *, kind: str = "error") -> None:
         self.kind = kind
@@ -84,5 +92,31 @@ class OracleUnavailable(OracleError):
     retryable = True
 
 
-class OracleRejected(OracleError):
+class OracleFatal(OracleError):
+    """The endpoint cannot answer any call as configured (bad key, wrong route or model, no quota)."""
+
     retryable = False
+    fatal = True
+
+
+class OracleRejected(OracleError):
+    """This request cannot succeed as it is (context too long, a content filter, a bad field)."""
+
+    retryable = False
+
+
+#: Failure kinds that are deterministic: the same request would fail the same way again.
+FINAL_KINDS = frozenset({"context_length", "content_filter", "rejected", "over_context"})
+#: 4xx statuses that say nothing about the request itself (auth, route, timeout, rate): not final.
+_TRANSIENT_4XX = frozenset({401, 403, 404, 408, 409, 425, 429})
+
+
+def final_failure(kind: str | None) -> bool:
+    """Whether a stored failure of ``kind`` stays final on a plain rerun (``--retry-failed`` retries all)."""
+    if kind is None:
+        return False
+    if kind in FINAL_KINDS:
+        return True
+    if kind.startswith("http_4") and kind[5:].isdigit():
+        return int(kind[5:]) not in _TRANSIENT_4XX
+    return False
