@@ -281,9 +281,6 @@ async def test_programming_error_in_an_oracle_propagates_and_stores_nothing(stor
     assert store.call_totals() == {}
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an answer holding a lone surrogate (a server may send "
-                   "'\\ud800' in its JSON) makes Store.put_call raise a raw UnicodeEncodeError, so the "
-                   "paid answer is neither stored nor recorded as a failure and the run crashes")
 async def test_answer_with_a_lone_surrogate_is_kept_or_recorded(store):
     oracle = ScriptedOracle(Completion("broken \ud800 text", "stop", 1, 1))
     async with Engine(oracle, store) as engine:

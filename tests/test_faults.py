@@ -142,13 +142,17 @@ def test_exhausted_retries_are_recorded_not_raised(server, source, tmp_path):
     assert all((c["status"], c["attempts"], c["error_kind"]) == ("failed", 3, "http_503")
                for c in outcome.calls)
     assert outcome.summary.stats["failures_by_kind"] == {"http_503": ROWS}
-    # a rerun does not pay for failures again unless asked to (--retry-failed)
+    # a 503 says nothing about the request: once the server is back, a plain rerun asks those calls
+    # again (no flag needed) and every row is reflected; only deterministic failures stay final
     again = run_recycle(server, source, tmp_path, faults="", max_attempts=3)
-    assert again.server["requests"] == 0
-    assert {r["reflect_status"] for r in again.rows} == {"ori"}
+    assert again.server["requests"] == ROWS
+    assert {r["reflect_status"] for r in again.rows} == {"A"}
+    assert again.summary.outcome.ok and again.summary.outcome.failed_calls == 0
 
 
-@pytest.mark.parametrize("mode", ["400", "401"])
+# a 401 is fatal (OracleFatal): the run stops at the first one, so it is not a per-row failure here;
+# tests/test_hostile_server.py::test_engine_records_every_hostile_outcome[auth-...] checks its record
+@pytest.mark.parametrize("mode", ["400"])
 def test_client_error_is_never_retried(server, source, tmp_path, mode):
     outcome = run_recycle(server, source, tmp_path, faults=mode)
     assert_all_rows_accounted_for(outcome, source)

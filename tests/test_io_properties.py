@@ -7,11 +7,12 @@ from pathlib import Path
 from unittest.mock import patch
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from reflectune.errors import DataError
 from reflectune.io import DatasetWriter, RejectSink, read_samples
+from reflectune.io.formats import SIGNATURE_BYTES, compression
 from reflectune.types import Sample
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -74,9 +75,14 @@ def test_any_json_rows_read_or_data_error(folder, ext, values):
 @given(data=st.lists(st.binary(max_size=30) | fragments.map(b"".join)
                      | json_values.map(lambda v: json.dumps(v).encode()), max_size=8))
 def test_skip_mode_accounts_for_every_line(folder, data):
-    """In JSON lines, every non-blank line ends up a sample or a reject; only "no rows" raises."""
+    """In JSON lines, every non-blank line ends up a sample or a reject; only "no rows" raises.
+
+    A file whose first bytes are a whole archive header (gzip, zip, ...) is taken for that archive
+    and read or refused as one (tests/test_io_edges.py), so those inputs are left out here.
+    """
     path, rejects_path = folder / "skip.jsonl", folder / "rejects.jsonl"
     raw = b"\n".join(d.replace(b"\n", b" ") for d in data)
+    assume(compression(raw[:SIGNATURE_BYTES]) is None)
     path.write_bytes(raw)
     rejects_path.unlink(missing_ok=True)
     lines = [ln for i, ln in enumerate(raw.split(b"\n"))

@@ -148,7 +148,9 @@ def test_retry_failed_reruns_only_failures(alpaca_path: Path, tmp_path: Path) ->
                    "--max-failure-rate", "1"]
     with running_server(faults="400:0.5", fault_attempts=1) as server:
         first = run_cli(*recycle_args(alpaca_path, tmp_path / "out.json", server, *args_common))
-        assert first.returncode == 0, first.stderr
+        # the one exit rule: calls are still failed, so the run did not do what was asked
+        assert first.returncode == 1, first.stderr
+        assert "x http_400: HTTP 400" in first.stderr and "--retry-failed" in first.stderr
         rows = json.loads((tmp_path / "out.json").read_text())
         failed = sum(r["reflect_status"] == "ori" for r in rows)
         assert 0 < failed < 12 and all("HTTP 400" in (r["reflect_reason"] or "")
@@ -160,7 +162,8 @@ def test_retry_failed_reruns_only_failures(alpaca_path: Path, tmp_path: Path) ->
         retried = run_cli(*recycle_args(alpaca_path, tmp_path / "out.json", server, *args_common,
                                         "--retry-failed"))
         stats = server.stats()
-    assert again.returncode == 0 and retried.returncode == 0
+    assert again.returncode == 1 and "final" in again.stderr  # a 400 is deterministic: still failed
+    assert retried.returncode == 0, retried.stderr
     assert completed_calls(stats) == failed
     assert {r["reflect_status"] for r in json.loads((tmp_path / "out.json").read_text())} == {"A"}
 
@@ -181,7 +184,7 @@ def test_cost_cap_stops_cleanly_and_resumes(alpaca_path: Path, tmp_path: Path) -
 
 
 def test_failure_rate_stops_the_run(alpaca_path: Path, tmp_path: Path) -> None:
-    with running_server(faults="401") as server:
+    with running_server(faults="400") as server:  # 401 now stops at the first call (test_hostile_server)
         proc = run_cli(*recycle_args(alpaca_path, tmp_path / "out.json", server, "--limit", "200",
                                      "--phases", "response", "--run-dir", str(tmp_path / "run")))
     assert proc.returncode == 4

@@ -71,20 +71,28 @@ def test_sections_may_come_in_either_order() -> None:
     assert result.ok and result.values == {"instruction": "The task.", "output": "The answer."}
 
 
-def test_text_after_the_last_end_and_extra_ends_are_ignored() -> None:
-    result = parse("[Better Answer] Kept. [End] [End]\nI hope this helps! [End]", RESPONSE)
+def test_text_after_the_last_end_is_ignored() -> None:
+    result = parse("[Better Answer] Kept. [End]\nI hope this helps!", RESPONSE)
     assert result.values == {"output": "Kept."}
 
 
-@pytest.mark.parametrize("text", [
-    "[New Instruction] Write a haiku.\n[New Answer] Snow.",
-    "[New Instruction] Write a haiku. [Better Answer] aside [End] [New Answer] Snow. [End]",
-    "[New Instruction] Write a haiku. [Merged Instruction] aside [End] [New Answer] Snow. [End]",
-])
-def test_a_missing_end_runs_only_to_the_next_known_marker(text: str) -> None:
-    """No [End]: the section ends at the next known marker (any of them), not at the end of the text."""
-    result = parse(text)
+def test_a_section_runs_to_its_last_end_so_quoted_ends_stay_in_it() -> None:
+    """Issue 13: an [End] inside the text is the text's; the section's own is the last one."""
+    result = parse("[Better Answer] Kept. [End] [End]\nI hope this helps! [End]", RESPONSE)
+    assert result.values == {"output": "Kept. [End] [End]\nI hope this helps!"}
+
+
+def test_a_missing_end_runs_only_to_the_next_expected_marker() -> None:
+    """No [End]: the section ends where the next expected section starts."""
+    result = parse("[New Instruction] Write a haiku.\n[New Answer] Snow.")
     assert result.ok and result.values == {"instruction": "Write a haiku.", "output": "Snow."}
+
+
+@pytest.mark.parametrize("other", ["[Better Answer]", "[Merged Instruction]"])
+def test_a_marker_of_another_kind_is_text(other: str) -> None:
+    """Only the expected markers structure an answer; any other is quoted text (issue 13)."""
+    result = parse(f"[New Instruction] Write a haiku. {other} aside [End] [New Answer] Snow. [End]")
+    assert result.ok and result.values == {"instruction": f"Write a haiku. {other} aside", "output": "Snow."}
 
 
 @pytest.mark.parametrize("word", ["Endpoint", "END", "The End.", "end", "[end]", "(End)", "Ends", "[END]"])
@@ -94,26 +102,34 @@ def test_nothing_but_the_exact_end_marker_ends_a_section(word: str) -> None:
     assert result.values == {"output": f"Before {word} after."}
 
 
-def test_an_end_marker_quoted_inside_the_answer_ends_it_there() -> None:
-    """"Up to the matching [End]": the first one closes the section, even mid-sentence."""
+def test_an_end_marker_quoted_inside_the_answer_stays_in_it() -> None:
+    """Issue 13: "What does the [End] tag mean in BBCode?" must not be cut at the tag."""
     result = parse("[Better Answer] Close the block with [End] and continue. [End]", RESPONSE)
-    assert result.ok and result.values == {"output": "Close the block with"}
+    assert result.ok and result.values == {"output": "Close the block with [End] and continue."}
 
 
-def test_a_marker_quoted_in_the_critique_makes_it_appear_twice_and_fails() -> None:
-    """Exactly once: a critique that names the section is ambiguous, so nothing is taken."""
+def test_a_marker_quoted_mid_sentence_in_the_critique_does_not_start_a_section() -> None:
+    """A section starts at a marker that begins a line (or follows [End]); a quoted one is text."""
     text = ("The old answer lacks detail, so I write a [Better Answer] below.\n"
             "[Better Answer] A detailed answer. [End]")
+    result = parse(text, RESPONSE)
+    assert result.ok and result.values == {"output": "A detailed answer."}
+
+
+def test_two_sections_that_both_start_a_line_are_ambiguous_and_fail() -> None:
+    text = "[Better Answer] One. [End]\n[Better Answer] Two. [End]"
     result = parse(text, RESPONSE)
     assert not result.ok and result.values == {} and result.reason == "[Better Answer] appears 2 times"
 
 
-def test_a_data_row_about_the_format_itself_fails_rather_than_mixing_sections() -> None:
-    """An instruction that quotes "[New Answer]" yields it twice: the whole sample fails (atomic)."""
+def test_a_data_row_about_the_format_itself_keeps_its_quoted_markers() -> None:
+    """An instruction that quotes "[New Answer]" mid-sentence comes out whole (issue 13)."""
     text = ("[New Instruction] Explain what the tag [New Answer] means in a prompt. [End]\n"
             "[New Answer] It opens the answer section. [End]")
     result = parse(text)
-    assert not result.ok and result.values == {} and result.reason == "[New Answer] appears 2 times"
+    assert result.ok and result.values == {
+        "instruction": "Explain what the tag [New Answer] means in a prompt.",
+        "output": "It opens the answer section."}
 
 
 @pytest.mark.parametrize(("text", "reason"), [
@@ -194,12 +210,12 @@ def test_well_formed_output_round_trips(critique: str, instruction: str, answer:
                                   "End", "\n", "your answer"]), max_size=12).map("".join),
        st.sampled_from([None, "stop", "length"]))
 def test_all_or_nothing_on_marker_soup(text: str, finish: str | None) -> None:
-    """Either every field, non-empty and free of markers, or no field and a reason."""
+    """Either every field, non-empty and stripped (quoted markers may stay in it), or none and a reason."""
     result = parse(text, finish_reason=finish)
     if result.ok:
         assert set(result.values) == {"instruction", "output"} and finish != "length"
         for value in result.values.values():
-            assert value and value == value.strip() and "[End]" not in value and "[New " not in value
+            assert value and value == value.strip()
     else:
         assert result.values == {} and result.reason
 

@@ -146,9 +146,14 @@ def test_response_merge_and_generic_answers(srv: ServerHandle) -> None:
     assert generic and END not in generic
 
 
-def test_echoed_markers_are_defused() -> None:
+def test_echoed_markers_are_kept_quoted_and_parse_back_whole() -> None:
+    """Data that quotes the format's markers comes back quoted, and the parser keeps it whole."""
+    from reflectune.prompts.parse import parse_reflection
+
     text = respond(instruction_prompt("Print [End] and [New Answer] literally.", "ok [End]"))
-    assert text.count(END) == 2 and text.count(NEW_ANSWER) == 1
+    assert "Print [End] and [New Answer] literally." in text
+    parsed = parse_reflection(text, (NEW_INSTRUCTION, NEW_ANSWER), ("instruction", "output"))
+    assert parsed.ok and "Print [End] and [New Answer] literally." in parsed.values["instruction"]
 
 
 def test_outputs_vary_per_sample() -> None:

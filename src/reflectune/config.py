@@ -13,10 +13,21 @@ import difflib
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from reflectune.errors import ConfigError
-from reflectune.keys import canonical_json, content_key
+from reflectune.keys import canonical_json, content_key, redact_url
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -112,6 +123,21 @@ class OracleConfig(_Frozen):
     device: str | None = None
     dtype: str | None = None
     batch_size: int = Field(8, ge=1, description="local backends: requests per forward batch")
+    allow_insecure_http: bool = Field(False, description="send a key over plain http to a host that is "
+                                      "not loopback (left out of the JSON dump while False)")
+
+    @field_serializer("base_url", when_used="json")
+    def _redacted_base_url(self, value: str | None) -> str | None:
+        # run.json, config hashes and reports hold the URL without userinfo or query values; the
+        # live attribute (and the python-mode dump that builds the oracle) keeps the real one
+        return None if value is None else redact_url(value)
+
+    @model_serializer(mode="wrap")
+    def _stable_json(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        data = handler(self)
+        if info.mode_is_json() and not self.allow_insecure_http and isinstance(data, dict):
+            data.pop("allow_insecure_http", None)  # configs from before the field hash as they did
+        return data
 
 
 class SamplingConfig(_Frozen):
@@ -137,6 +163,7 @@ class EngineConfig(_Frozen):
     retry_failed: bool = False
     price_in: float | None = Field(None, ge=0, description="USD per 1M prompt tokens")
     price_out: float | None = Field(None, ge=0, description="USD per 1M completion tokens")
+    grace_s: float = Field(30.0, ge=0, description="after a signal: seconds for calls on the wire to finish")
 
 
 Phase = Literal["instruction", "response"]

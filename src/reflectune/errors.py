@@ -10,6 +10,7 @@ message and an exit code, never a traceback.
     ├── StoreError               run folder unusable: locked, read-only, full    exit 3
     ├── ParseError               oracle output that does not follow the format
     ├── RunStopped               a clean, resumable stop (cost cap, failure rate) exit 4
+    │   └── Interrupted          a signal asked the run to stop                   exit 130
     └── OracleError              a call that did not produce a completion
         ├── RateLimited          429; carries ``retry_after``                    retried
         ├── OracleTimeout        no answer in time                               retried
@@ -60,6 +61,12 @@ class RunStopped(ReflectuneError):
     """Raised to stop a run cleanly; rerunning the same command resumes it."""
 
     exit_code = 4
+
+
+class Interrupted(RunStopped):
+    """A signal (Ctrl-C, SIGTERM, SIGHUP) stopped the run; calls on the wire were finished and kept."""
+
+    exit_code = 130
 
 
 class OracleError(ReflectuneError):

@@ -60,6 +60,10 @@ class Completion:
     completion_tokens: int = 0
     latency_s: float = 0.0
     forced: tuple[str, ...] = ()
+    #: the server sent no usable token counts: ``prompt_tokens``/``completion_tokens`` are estimates
+    usage_estimated: bool = False
+    #: the model that answered, as the server names it (``None`` when it does not say)
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from typing import Any
 
+import typer
+from rich.console import Console
 from rich.table import Table
 
 from reflectune.contracts import PREFERENCE
@@ -53,10 +57,42 @@ def summary_table(summary: Any) -> Table:
     stats = summary.stats
     table.add_row("oracle calls made", f"{stats['sent']:,}")
     table.add_row("answered from store", f"{stats['cached']:,}")
-    table.add_row("failed calls", f"{stats['failed']:,}")
+    table.add_row("failed calls (this run)", f"{stats['failed']:,}")
+    table.add_row("calls still failed", f"{summary.outcome.failed_calls:,}")
     table.add_row("retries", f"{stats['retries']:,}")
     table.add_row("tokens in / out", f"{stats['prompt_tokens']:,} / {stats['completion_tokens']:,}")
     cost = stats.get("cost_usd")
     table.add_row("cost", "unknown (no price for this model)" if cost is None else f"${cost:.4f}")
     table.add_row("wall time", f"{summary.elapsed_s:.1f} s")
     return table
+
+
+def retry_command(add_retry_failed: bool) -> str:
+    """The command line that was run, as a user would type it again (with ``--retry-failed``)."""
+    args = list(sys.argv[1:])
+    if add_retry_failed and "--retry-failed" not in args:
+        args.append("--retry-failed")
+    return " ".join(["reflectune", *(shlex.quote(a) for a in args)])
+
+
+def finish(console: Console, outcome: Any) -> None:
+    """The one exit rule, said aloud: what failed and why, the command that retries it, exit 1.
+
+    ``outcome`` is a stage's ``RunOutcome``; a run that did what was asked returns quietly.
+    """
+    if outcome.ok:
+        return
+    if outcome.failed_calls:
+        console.print(f"[red]{outcome.failed_calls:,} call(s) failed[/red]; the rows they belong to keep "
+                      "their original text or an error field:")
+        for kind, (count, example) in outcome.failures.items():
+            console.print(f"  {count:,} x {kind}: {example}")
+        if outcome.needs_retry_failed:
+            console.print("some failures are final (the same request fails the same way); "
+                          f"to ask them again: {retry_command(True)}")
+        else:
+            console.print("fix the cause, then rerun (the failed calls are asked again): "
+                          f"{retry_command(False)}")
+    if not outcome.produced:
+        console.print(f"[red]nothing was produced[/red] (0 {outcome.unit})")
+    raise typer.Exit(outcome.exit_code)

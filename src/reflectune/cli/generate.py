@@ -10,8 +10,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from reflectune.cli.display import finish
 from reflectune.cli.options import (
     ORACLE,
+    AllowInsecureHttp,
     ApiKeyEnv,
     BaseUrl,
     BatchSize,
@@ -54,6 +56,7 @@ def generate_command(
     seed: int | None = typer.Option(None),
     base_url: BaseUrl = None,
     api_key_env: ApiKeyEnv = ORACLE.api_key_env,
+    allow_insecure_http: AllowInsecureHttp = False,
     timeout: Timeout = ORACLE.timeout,
     device: Device = None,
     dtype: Dtype = None,
@@ -104,8 +107,8 @@ def generate_command(
         for error in summary.errors[:5]:
             console.print(f"[red]failed[/red] {error['dataset']}/{error['id']}: {error['error']}")
         console.print(f"[red]{summary.failed} generation(s) failed[/red]: written with an empty output and "
-                      "an 'error' field (the judge skips them); rerun with --retry-failed to ask again.")
-        raise typer.Exit(1)
+                      "an 'error' field (the judge skips them).")
+    finish(console, summary.outcome)
 
 
 def register(app: typer.Typer) -> None:

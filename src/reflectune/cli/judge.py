@@ -10,8 +10,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from reflectune.cli.display import finish
 from reflectune.cli.options import (
     ORACLE,
+    AllowInsecureHttp,
     ApiKeyEnv,
     BaseUrl,
     BatchSize,
@@ -73,6 +75,7 @@ def judge_command(
     name_b: str | None = typer.Option(None, help="Label of B (default: its 'generator')."),
     base_url: BaseUrl = None,
     api_key_env: ApiKeyEnv = ORACLE.api_key_env,
+    allow_insecure_http: AllowInsecureHttp = False,
     timeout: Timeout = ORACLE.timeout,
     device: Device = None,
     dtype: Dtype = None,
@@ -132,6 +135,7 @@ def judge_command(
                   f"cost {'unknown' if cost is None else f'${cost:.4f}'}; {data['elapsed_s']:.1f} s")
     console.print(f"report: {result.report_path}" + (f"\nchart:  {result.chart_path}" if result.chart_path
                                                        else "") + f"\nreviews: {result.judgments_path}")
+    finish(console, result.outcome)
 
 
 def register(app: typer.Typer) -> None:

@@ -28,6 +28,8 @@ Context = Annotated[int | None, typer.Option(help="Model context window in token
 Device = Annotated[str | None, typer.Option(help="Local models: cpu | cuda | mps (default: auto).")]
 Dtype = Annotated[str | None, typer.Option(help="Local models: bfloat16 | float16 | float32.")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Local models: requests per batch.")]
+AllowInsecureHttp = Annotated[bool, typer.Option(help="Send an API key over plain http to a host that is not "
+                                                 "this machine (refused by default).")]
 
 # -- the engine (limits, retries, cost) --------------------------------------------------------
 Concurrency = Annotated[int | None, typer.Option(min=1, help="Requests in flight (default 64; local: 2x "
@@ -46,7 +48,8 @@ RunDir = Annotated[Path | None, typer.Option(help="Run folder; rerunning the sam
 Prompts = Annotated[str | None, typer.Option(help="Folder of prompt template overrides (same file names).")]
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No live display.")]
 
-_ORACLE_KEYS = ("base_url", "api_key_env", "timeout", "context", "device", "dtype", "batch_size")
+_ORACLE_KEYS = ("base_url", "api_key_env", "timeout", "context", "device", "dtype", "batch_size",
+                "allow_insecure_http")
 _ENGINE_KEYS = ("concurrency", "rpm", "tpm", "max_attempts", "max_failure_rate", "max_cost", "price_in",
                 "price_out", "retry_failed")
 

@@ -11,10 +11,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from reflectune.cli.display import progress_table, summary_table
+from reflectune.cli.display import finish, progress_table, summary_table
 from reflectune.cli.options import (
     ENGINE,
     ORACLE,
+    AllowInsecureHttp,
     ApiKeyEnv,
     BaseUrl,
     BatchSize,
@@ -63,6 +64,7 @@ def recycle_command(
     oracle: str = typer.Option(ORACLE.spec, help="embedded | openai:MODEL | hf:PATH | fake."),
     base_url: BaseUrl = None,
     api_key_env: ApiKeyEnv = ORACLE.api_key_env,
+    allow_insecure_http: AllowInsecureHttp = False,
     run_dir: RunDir = None,
     phases: str = typer.Option("instruction,response", help="instruction, response, or both."),
     input_merge: str = typer.Option("oracle", help="Merge a non-empty input into the instruction before "
@@ -70,6 +72,8 @@ def recycle_command(
     prompts: Prompts = None,
     fields: str | None = typer.Option(None, help="Field mapping, e.g. instruction=prompt,output=completion."),
     limit: int | None = typer.Option(None, help="Only the first N rows."),
+    input_format: str | None = typer.Option(None, help="json | jsonl | csv | parquet | hf_disk instead of "
+                                            "detecting it; needed to read - (standard input)."),
     output_format: str | None = typer.Option(None, help="json | jsonl | parquet | csv | hf_disk."),
     on_bad_record: str = typer.Option("error", help="error: stop on a bad row; skip: write it to "
                                       "rejects.jsonl."),
@@ -100,7 +104,7 @@ def recycle_command(
     config = build_config(**locals())
     console = Console(stderr=True)
     if dry_run:
-        _print_estimate(console, input, config)
+        _print_estimate(console, input, config, input_format)
         return
     from reflectune.recycling.run import recycle
 
@@ -114,7 +118,8 @@ def recycle_command(
     if live is not None:
         live.start()
     try:
-        summary = recycle(input, output, config=config, run_dir=run_dir, on_tick=on_tick)
+        summary = recycle(input, output, config=config, run_dir=run_dir, on_tick=on_tick,
+                          input_format=input_format)
     finally:
         if live is not None:
             live.stop()
@@ -122,12 +127,13 @@ def recycle_command(
     console.print(f"output:   {summary.output}\nvariants: {summary.variants}\nrun:      {summary.run_dir}")
     if summary.rejects:
         console.print(f"rejects:  {summary.rejects} ({summary.rejected} rows)")
+    finish(console, summary.outcome)
 
 
-def _print_estimate(console: Console, input: Path, config: RecycleConfig) -> None:
+def _print_estimate(console: Console, input: Path, config: RecycleConfig, input_format: str | None) -> None:
     from reflectune.recycling.run import estimate
 
-    est = estimate(input, config=config)
+    est = estimate(input, config=config, input_format=input_format)
     table = Table(title=f"dry run: {input} with {config.oracle.spec}", show_header=False)
     approx = "" if est.exact_tokens else " (approx., 4 chars/token)"
     table.add_row("rows", f"{est.rows:,}")

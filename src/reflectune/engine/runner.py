@@ -5,14 +5,17 @@ recycle, generate and judge. There are no batch barriers: each call is its own t
 semaphore, so one slow request never holds another up. The order of a call's life:
 
 1. key = sha256(stage, template version, oracle fingerprint, request);
-2. a finished call in the store is returned as is (resume);
-3. stop checks (cost cap, failure rate), then the semaphore and the RPM/TPM buckets;
+2. a finished call in the store is returned as is (resume); so is a failure that is final
+   (deterministic, ``errors.final_failure``); any other stored failure is asked again;
+3. stop checks (cost cap, failure rate, a fatal error, an interrupt), then the semaphore and the
+   RPM/TPM buckets; a backend that needs one proves its endpoint with a single call first;
 4. send, retrying 429/5xx/timeouts/resets with exponential backoff, full jitter and
    ``Retry-After``; never retrying 4xx or context errors;
 5. the outcome, success or failure, is committed to the store before the caller sees it.
 
 Once a stop is triggered, calls already in flight finish and are stored; new ones raise
-``RunStopped``. Rerunning the same command resumes.
+``RunStopped``. A fatal error (bad key, wrong URL or model, no quota, nothing listening before any
+call succeeded) triggers it at once. Rerunning the same command resumes.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from dataclasses import dataclass, field
 
 from reflectune.config import EngineConfig
 from reflectune.engine.limits import RateLimiter
-from reflectune.errors import OracleError, RateLimited, RunStopped, StoreError
+from reflectune.errors import Interrupted, OracleError, RateLimited, RunStopped, StoreError, final_failure
 from reflectune.keys import canonical_json
 from reflectune.oracles.base import Oracle, Prices
 from reflectune.oracles.pricing import cost_usd, with_overrides
@@ -58,6 +61,8 @@ class EngineStats:
     completion_tokens: int = 0
     cost: float = 0.0
     cost_known: bool = True
+    usage_estimated: int = 0    # calls whose server sent no usable token counts (estimated instead)
+    requests: int = 0           # requests sent to the oracle (every attempt counts)
     failures_by_kind: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
@@ -92,7 +97,20 @@ class Engine:
         self._fingerprint = oracle.fingerprint()
         self._sleep = sleep
         self.stop_reason: str | None = None
+        #: set when a signal asked the run to stop (the stop is then an interruption, exit 130)
+        self.interrupted_by: str | None = None
+        self.interrupt_code = 130
         self._store_error: StoreError | None = None
+        self._succeeded = False
+        #: calls of this run that are failed right now, by key (a later success removes one)
+        self.failed: dict[str, CallRecord] = {}
+        # Until one call has come back, a backend that can be misconfigured sends that call alone:
+        # a wrong key or URL then costs one request, not a whole concurrency's worth.
+        self._proven = asyncio.Event()
+        if not oracle.capabilities.preflight:
+            self._proven.set()
+        self._probing = False
+        self._waited = False
 
     async def __aenter__(self) -> Engine:
         return self
@@ -105,25 +123,34 @@ class Engine:
         """sha256 over (stage, template version, oracle fingerprint) and the canonical request."""
         head = canonical_json([stage, version, self._fingerprint])
         body = request_json if request_json is not None else canonical_json(request.to_json())
-        return hashlib.sha256(f"{head}\n{body}".encode()).hexdigest()
+        # surrogatepass: a lone surrogate in the data must not crash the key (and no valid key changes)
+        return hashlib.sha256(f"{head}\n{body}".encode("utf-8", "surrogatepass")).hexdigest()
 
     async def call(self, stage: str, request: ChatRequest, *, version: str = "",
                    sample_id: str = "") -> CallRecord:
         """Answer ``request`` from the store or the oracle; failures come back as records."""
         request_json = canonical_json(request.to_json())  # serialised once: key and store
         key = self.key_for(stage, request, version, request_json)
-        cached = self.store.get_call(key)
-        if cached is not None and (cached.ok or not self.config.retry_failed):
-            self.stats.cached += 1
+        cached = self._from_store(key)
+        if cached is not None:
             return cached
         self._check_stop()
-        async with self._slots:
-            self._check_stop()
-            self.stats.in_flight += 1
-            try:
-                record = await self._send(key, stage, request, sample_id)
-            finally:
-                self.stats.in_flight -= 1
+        probe = await self._preflight()
+        if not probe and self._waited:
+            cached = self._from_store(key)  # the first call may have answered this very request
+            if cached is not None:
+                return cached
+        try:
+            async with self._slots:
+                self._check_stop()
+                self.stats.in_flight += 1
+                try:
+                    record = await self._send(key, stage, request, sample_id)
+                finally:
+                    self.stats.in_flight -= 1
+        finally:
+            if probe:  # whatever happened to it, the waiting calls go on (or see the stop)
+                self._proven.set()
         try:
             self.store.put_call(record, request_json)
         except StoreError as exc:
@@ -133,9 +160,40 @@ class Engine:
         self._account(record)
         return record
 
+    def _from_store(self, key: str) -> CallRecord | None:
+        """A finished call, or a failure that is final (unless ``--retry-failed``); else ``None``."""
+        cached = self.store.get_call(key)
+        if cached is None or not (cached.ok or (final_failure(cached.error_kind)
+                                                and not self.config.retry_failed)):
+            return None
+        self.stats.cached += 1
+        if not cached.ok:
+            self.failed[key] = cached
+        return cached
+
+    async def _preflight(self) -> bool:
+        """Let the first call through alone (it returns True); the others wait until it is back."""
+        if self._proven.is_set():
+            return False
+        if not self._probing:
+            self._probing = True
+            return True
+        self._waited = True
+        await self._proven.wait()
+        self._check_stop()
+        return False
+
+    def interrupt(self, reason: str) -> None:
+        """Stop starting calls (a signal arrived); calls on the wire finish and are stored."""
+        if self.interrupted_by is None:
+            self.interrupted_by = reason
+        self._proven.set()
+
     def _check_stop(self) -> None:
         if self._store_error is not None:
             raise self._store_error
+        if self.interrupted_by is not None:
+            raise Interrupted(self.interrupted_by)
         if self.stop_reason is None and self.config.max_cost is not None \
                 and self.stats.cost >= self.config.max_cost:
             self.stop_reason = (f"cost cap reached (${self.stats.cost:.4f} >= ${self.config.max_cost:.4f}); "
@@ -152,20 +210,37 @@ class Engine:
         while True:
             attempts += 1
             await self._limiter.acquire(self._estimate_tokens(request))
+            if attempts > 1:
+                self._check_stop()  # a retry is a new request: none starts after a stop
+            self.stats.requests += 1
             try:
                 [completion] = await self.oracle.complete([request])
             except OracleError as exc:
-                if not exc.retryable or attempts >= self.config.max_attempts:
-                    reason = str(exc) if exc.retryable is False else \
-                        f"{exc} (gave up after {attempts} attempts)"
+                # "nothing listening" is fatal only while no call has ever succeeded: later, it is
+                # a server restarting, and worth the usual retries
+                refused_later = exc.kind == "connection_refused" and self._succeeded
+                retryable = exc.retryable or refused_later
+                if exc.fatal and not refused_later:
+                    self._fatal(exc)
+                if not retryable or attempts >= self.config.max_attempts or self.stop_reason is not None:
+                    reason = str(exc) if not retryable else f"{exc} (gave up after {attempts} attempts)"
                     return CallRecord(key, stage, "failed", None, None, 0, 0, 0.0, attempts,
                                       exc.kind, reason, (), sample_id)
                 self.stats.retries += 1
                 await self._sleep(self._backoff(attempts, exc))
                 continue
+            self._succeeded = True
+            if getattr(completion, "usage_estimated", False):
+                self.stats.usage_estimated += 1
             return CallRecord(key, stage, "ok", completion.content, completion.finish_reason,
                               completion.prompt_tokens, completion.completion_tokens,
                               completion.latency_s, attempts, None, None, completion.forced, sample_id)
+
+    def _fatal(self, exc: OracleError) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = (f"{exc}: no call can succeed as configured, so the run stopped at the "
+                                "first failed call; fix it and rerun to resume (finished calls are kept, "
+                                "failed ones are asked again)")
 
     def _backoff(self, attempt: int, exc: OracleError) -> float:
         if isinstance(exc, RateLimited) and exc.retry_after is not None:
@@ -180,7 +255,9 @@ class Engine:
         stats.cost += cost_usd(self.prices, record.prompt_tokens, record.completion_tokens)
         if record.ok:
             stats.sent += 1
+            self.failed.pop(record.key, None)
         else:
+            self.failed[record.key] = record
             stats.failed += 1
             kind = record.error_kind or "error"
             stats.failures_by_kind[kind] = stats.failures_by_kind.get(kind, 0) + 1
@@ -191,4 +268,5 @@ class Engine:
             self.stop_reason = (
                 f"{sum(window)} of the last {len(window)} calls failed (more than "
                 f"{self.config.max_failure_rate:.0%}; last: {record.error}); "
-                "fix the cause and rerun to resume")
+                "fix the cause and rerun to resume (failed calls are asked again unless final; "
+                "--retry-failed asks them all)")

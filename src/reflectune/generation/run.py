@@ -27,7 +27,7 @@ from typing import Any
 
 from reflectune.config import GenerateConfig, merged
 from reflectune.engine.runner import EngineStats
-from reflectune.engine.stage import open_stage, settle
+from reflectune.engine.stage import RunOutcome, open_stage, settle
 from reflectune.errors import ConfigError
 from reflectune.generation.rules import GENERATE_STAGE, GENERATE_VERSION, answer_row, generation_request
 from reflectune.io.atomic import AtomicFile
@@ -66,6 +66,8 @@ class GenerateSummary:
     elapsed_s: float
     errors: list[dict[str, Any]] = field(default_factory=list)
     alpaca_eval_command: str | None = None
+    #: the one exit rule's verdict: calls still failed (by reason) and the answers it produced
+    outcome: RunOutcome = field(default_factory=RunOutcome)
 
 
 # -- pure pieces ------------------------------------------------------------------------------------
@@ -166,10 +168,12 @@ async def agenerate(items: Sequence[EvalItem], output: str | os.PathLike[str] | 
             run_dir=folder, output=out, generator=name, rows=writer.count, failed=len(errors),
             truncated=truncated, by_dataset=dict(Counter(item.dataset for item in items)), stats=stats,
             elapsed_s=round(elapsed, 3), errors=errors,
-            alpaca_eval_command=_alpaca_eval_command(out) if array else None)
+            alpaca_eval_command=_alpaca_eval_command(out) if array else None,
+            outcome=stage.outcome(writer.count - len(errors), "answers"))
         stage.live = None
         stage.write("complete", failed=summary.failed, truncated=truncated,
-                    by_dataset=summary.by_dataset, stats=stats, elapsed_s=summary.elapsed_s)
+                    by_dataset=summary.by_dataset, stats=stats, elapsed_s=summary.elapsed_s,
+                    outcome=summary.outcome.as_dict())
     return summary
 
 
@@ -191,6 +195,7 @@ def generate(
     seed: int | None = None,
     base_url: str | None = None,
     api_key_env: str | None = None,
+    allow_insecure_http: bool | None = None,
     timeout: float | None = None,
     device: str | None = None,
     dtype: str | None = None,
@@ -238,7 +243,7 @@ def generate(
     config = merged(GenerateConfig, config, {
         "model": {"spec": resolve_spec(model) if model is not None else None, "base_url": base_url,
                   "api_key_env": api_key_env, "timeout": timeout, "device": device, "dtype": dtype,
-                  "batch_size": batch_size},
+                  "batch_size": batch_size, "allow_insecure_http": allow_insecure_http},
         "engine": {"concurrency": concurrency, "rpm": rpm, "tpm": tpm, "max_cost": max_cost,
                    "price_in": price_in, "price_out": price_out, "retry_failed": retry_failed},
         "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed})

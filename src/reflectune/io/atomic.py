@@ -4,12 +4,17 @@ A reader (or a rerun after kill -9) sees the old file or the new one, never half
 temporary name ``.NAME.tmp<pid>-<n>`` sits beside the target (same filesystem, so the rename is
 atomic), is unique to the process and the call (two writers never share one), and carries the pid so
 that a later run can delete what a killed writer left (``remove_stale``). OS errors become
-``StoreError`` naming the target.
+``StoreError`` naming the target; a full disk (``ENOSPC``, ``EDQUOT``, ``EFBIG``) says "disk full".
+
+``OutputLock`` is the lock a long-running writer (``DatasetWriter``) holds on its target, so two runs
+never write the same output; ``same_file`` tells whether an output would overwrite an input.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import glob
 import itertools
 import json
@@ -20,8 +25,11 @@ from typing import IO, Any
 
 from reflectune.errors import StoreError
 
-__all__ = ["AtomicFile", "atomic_open", "remove_stale", "temp_path", "write_json_atomic",
-           "write_text_atomic"]
+__all__ = ["AtomicFile", "OutputLock", "atomic_open", "is_disk_full", "remove_stale", "same_file",
+           "temp_path", "write_json_atomic", "write_text_atomic"]
+
+#: errno values that mean "no room": a full disk, a full quota, a file size limit.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 _counter = itertools.count()
 
@@ -59,8 +67,106 @@ def remove_stale(path: str | os.PathLike[str]) -> None:
             continue
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write refused for want of room (disk, quota or file size limit)."""
+    return isinstance(exc, OSError) and (exc.errno in DISK_FULL or "No space left" in str(exc))
+
+
+def os_reason(exc: OSError) -> str:
+    """The reason part of a one-line error: ``disk full (...)`` for a full disk, else strerror."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"disk full: {reason}" if is_disk_full(exc) else reason
+
+
 def _error(path: Path, exc: OSError) -> StoreError:
-    return StoreError(f"{path}: cannot write ({exc.strerror or exc})")
+    return StoreError(f"{path}: cannot write ({os_reason(exc)})")
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether ``a`` and ``b`` are the same file or folder, e.g. an ``-o`` that would replace the input.
+
+    Two existing paths are compared by device and inode (symlinks followed, hard links found); when
+    one does not exist yet (an output about to be written) their fully resolved paths are compared,
+    symlinks in the existing part of each followed and ``..`` folded.
+    """
+    try:
+        first, second = os.stat(a), os.stat(b)
+    except (OSError, ValueError):
+        pass
+    else:
+        return os.path.samestat(first, second)
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, an unreadable folder
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+class OutputLock:
+    """An exclusive, non-blocking ``flock`` on ``.NAME.lock`` beside ``path``, held while it is written.
+
+    A second writer of the same path, in another process or this one, gets a ``StoreError`` naming
+    the holder's pid. The OS drops the lock when the holder dies (kill -9 included), so a stale lock
+    file never blocks; ``release`` removes the file. On a filesystem without ``flock`` the writer goes
+    on unguarded rather than fail.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.target = Path(path)
+        self.path = self.target.with_name(f".{self.target.name}.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> OutputLock:
+        """Take the lock; ``OSError`` if the lock file cannot be created (the caller names it)."""
+        while self._fd is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(fd)
+                os.close(fd)
+                raise StoreError(f"{self.target} is being written by another run ({holder}); "
+                                 "wait for it or choose another -o") from None
+            except OSError:  # no locks here (some network filesystems)
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
+                return self
+            # A holder removes the file before it unlocks: a lock on a file no longer at the path
+            # guards nothing, so take the one that is there now.
+            try:
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                current = None
+            if current is not None and os.path.samestat(os.fstat(fd), current):
+                self._fd = fd
+            else:
+                os.close(fd)
+        with contextlib.suppress(OSError):  # the pid is for the refusal message only
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"pid {os.getpid()}\n".encode(), 0)
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            self.path.unlink()  # before the unlock: see ``acquire``
+        os.close(self._fd)  # drops the flock
+        self._fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _holder(fd: int) -> str:
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        text = os.pread(fd, 64, 0).decode("ascii").strip()
+        if text.startswith("pid ") and text[4:].isdigit():
+            return text
+    return "pid unknown"
 
 
 class AtomicFile:

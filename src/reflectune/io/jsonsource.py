@@ -9,6 +9,9 @@ Bytes are decoded with "surrogateescape", so invalid UTF-8 is found per row inst
 stream: in JSON lines such a line is skipped like any bad row. Inside an array the element is still
 delimited, so it is a skippable row too; a syntax error in an array is not, because nothing tells
 where the next element starts.
+
+Both read a binary stream from ``sources.open_stream`` (a file, a pipe or standard input, decompressed if
+need be); ``iter_jsonl`` and ``iter_json_array`` open a path themselves.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import BinaryIO
 
 from reflectune.errors import DataError
 from reflectune.io.formats import BOM
-from reflectune.io.sources import RawRow, bad_bytes_at, readable
+from reflectune.io.sources import RawRow, bad_bytes_at, open_stream, readable
 
 _CHUNK = 1 << 18
 _NON_WS = re.compile(r"[^ \t\n\r]")
@@ -32,61 +35,71 @@ _NEAR_END = 64  # a parse error this close to the buffer's end may just be a row
 
 def iter_jsonl(path: Path) -> Iterator[RawRow]:
     """Rows of a JSON lines file; blank lines are ignored and do not count as rows."""
-    with open(path, "rb") as f:
-        row = 0
-        for lineno, line in enumerate(f, 1):
-            if lineno == 1:
-                line = line.removeprefix(BOM)
-            text = line.decode("utf-8", "surrogateescape").strip(" \t\r\n")
-            if not text:
-                continue
-            row += 1
-            bad = bad_bytes_at(text)
-            if bad is not None:
-                yield RawRow(row, error=f"invalid UTF-8 on line {lineno} at character {bad + 1}",
-                             text=readable(text))
-                continue
-            try:
-                yield RawRow(row, json.loads(text))
-            except json.JSONDecodeError as e:
-                yield RawRow(row, error=f"malformed JSON on line {lineno}, column {e.colno}: {e.msg}",
-                             text=text)
-            except (ValueError, RecursionError) as e:  # int digit limit, nesting depth
-                yield RawRow(row, error=f"unreadable JSON on line {lineno}: {_short(e)}", text=text)
+    with open_stream(path, str(path)) as stream:
+        yield from jsonl_rows(stream.file, str(path))
+
+
+def jsonl_rows(f: BinaryIO, where: str) -> Iterator[RawRow]:
+    """Rows of a JSON lines stream (see ``iter_jsonl``); ``where`` names it in messages."""
+    row = 0
+    for lineno, line in enumerate(f, 1):
+        if lineno == 1:
+            line = line.removeprefix(BOM)
+        text = line.decode("utf-8", "surrogateescape").strip(" \t\r\n")
+        if not text:
+            continue
+        row += 1
+        bad = bad_bytes_at(text)
+        if bad is not None:
+            yield RawRow(row, error=f"invalid UTF-8 on line {lineno} at character {bad + 1}",
+                         text=readable(text))
+            continue
+        try:
+            yield RawRow(row, json.loads(text))
+        except json.JSONDecodeError as e:
+            yield RawRow(row, error=f"malformed JSON on line {lineno}, column {e.colno}: {e.msg}",
+                         text=text)
+        except (ValueError, RecursionError) as e:  # int digit limit, nesting depth
+            yield RawRow(row, error=f"unreadable JSON on line {lineno}: {_short(e)}", text=text)
 
 
 def iter_json_array(path: Path) -> Iterator[RawRow]:
     """Rows of a file holding one JSON array, parsed one element at a time."""
-    with open(path, "rb") as f:
-        buf = _Buffer(f, str(path))
-        first = buf.next_char()
-        if not first:
-            return
-        if first != "[":
-            raise DataError("expected a JSON array '[' or one JSON object per line", path=str(path))
+    with open_stream(path, str(path)) as stream:
+        yield from json_array_rows(stream.file, str(path))
+
+
+def json_array_rows(f: BinaryIO, where: str) -> Iterator[RawRow]:
+    """Rows of a stream holding one JSON array (see ``iter_json_array``)."""
+    buf = _Buffer(f, where)
+    first = buf.next_char()
+    if not first:
+        return
+    if first != "[":
+        raise DataError("expected a JSON array '[' or one JSON object per line", path=where)
+    buf.pos += 1
+    if buf.next_char() == "]":
         buf.pos += 1
-        if buf.next_char() == "]":
-            buf.pos += 1
-            buf.expect_end()
-            return
-        row = 0
-        while True:
-            row += 1
-            buf.next_char()
-            value, start, end = buf.decode(row)
-            text = buf.text[start:end]
-            buf.pos = end
-            if bad_bytes_at(text) is not None:
-                yield RawRow(row, error="invalid UTF-8", text=readable(text))
-            else:
-                yield RawRow(row, value)
-            c = buf.next_char()
-            buf.pos += 1
-            if c == "]":
-                break
-            if c != ",":
-                buf.fail(row + 1, "expected ',' or ']' after the previous row")
         buf.expect_end()
+        return
+    row = 0
+    while True:
+        row += 1
+        buf.next_char()
+        value, start, end = buf.decode(row)
+        text = buf.text[start:end]
+        buf.pos = end
+        if bad_bytes_at(text) is not None:
+            yield RawRow(row, error="invalid UTF-8", text=readable(text))
+        else:
+            yield RawRow(row, value)
+        c = buf.next_char()
+        buf.pos += 1
+        if c == "]":
+            break
+        if c != ",":
+            buf.fail(row + 1, "expected ',' or ']' after the previous row")
+    buf.expect_end()
 
 
 class _Buffer:

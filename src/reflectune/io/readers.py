@@ -8,6 +8,11 @@ Each row goes through one place, ``_read``, that decides between raising and rej
 rows they could not parse instead of raising, and the shape check raises ``DataError`` with the row and
 field. Errors that leave no next row to go to (a syntax error inside a JSON array, a broken Parquet
 file) are raised by the source and stop the read in either mode.
+
+Standard input (``-``) and named pipes are read once, as they come: ``read_samples`` streams them (a
+pipe's format is sniffed from its first bytes as it is read). A consumer that reads its input twice,
+like ``recycle`` (a validating pass, then the real one), opens it with ``open_input``, which copies a
+stream once into a temporary file and hands back an ``InputFile`` that can be read any number of times.
 """
 
 from __future__ import annotations
@@ -15,31 +20,152 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
+import tempfile
 from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
-from reflectune.errors import ConfigError, DataError
+from reflectune.errors import ConfigError, DataError, StoreError
 from reflectune.io.fields import resolve_fields
-from reflectune.io.formats import check_format, detect_format
-from reflectune.io.jsonsource import iter_json_array, iter_jsonl
+from reflectune.io.formats import (
+    READ_ERRORS,
+    SIGNATURE_BYTES,
+    STDIN,
+    STDIN_NAME,
+    STREAM_FORMATS,
+    check_format,
+    compression,
+    damaged,
+    detect_format,
+    inner_suffix,
+    input_kind,
+    refuse_compression,
+    sniff,
+    sniff_file,
+    stream_format,
+)
+from reflectune.io.jsonsource import json_array_rows, jsonl_rows
 from reflectune.io.rejects import RejectSink
 from reflectune.io.shapes import to_sample
-from reflectune.io.sources import RawRow, iter_csv, iter_hf_disk, iter_parquet
+from reflectune.io.sources import RawRow, csv_rows, iter_hf_disk, iter_parquet, open_stream
 from reflectune.types import Sample
 
-_SOURCES = {"json": iter_json_array, "jsonl": iter_jsonl, "csv": iter_csv, "parquet": iter_parquet,
-            "hf_disk": iter_hf_disk}
+_SOURCES = {"parquet": iter_parquet, "hf_disk": iter_hf_disk}
+_STREAMS = {"json": json_array_rows, "jsonl": jsonl_rows, "csv": csv_rows}
+_SPOOL_CHUNK = 1 << 20
 
 
-def read_samples(path: str | os.PathLike[str], *, fields: Mapping[str, str] | None = None,
+@dataclass(frozen=True, slots=True)
+class InputFile:
+    """An input that can be read more than once (see ``open_input``); ``str()`` is its ``name``.
+
+    Attributes:
+        path: what is read: the file or folder itself, or the spooled copy of a stream.
+        fmt: its format, given or detected.
+        name: how messages name it: the path as given, or ``<stdin>``.
+        origin: for a manifest: the resolved path, or ``-`` for standard input.
+        like: a path whose name stands for the input when naming run folders and default outputs
+            (``stdin.jsonl``; ``data.jsonl`` for ``data.jsonl.gz``, since outputs are not compressed).
+    """
+
+    path: Path
+    fmt: str
+    name: str
+    origin: str
+    like: Path
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@contextmanager
+def open_input(path: str | os.PathLike[str], *, fmt: str | None = None,
+               spool_dir: str | os.PathLike[str] | None = None) -> Iterator[InputFile]:
+    """Make an input readable twice: files and folders as they are, streams copied once.
+
+    Standard input (``-``, which needs ``fmt``) and named pipes can be read only once, so they are
+    copied, in 1 MiB chunks, into a temporary folder under ``spool_dir`` (default: the system's, see
+    ``TMPDIR``), removed on exit. A pipe's format is then told from the copy. Streams are read as json,
+    jsonl or csv (compressed or not); Parquet and ``save_to_disk`` folders need a real path.
+
+    Raises:
+        ConfigError: ``-`` without ``fmt``, or a stream with a format that needs a seekable file.
+        DataError: the path is missing, a symlink loop, a dangling symlink, or unreadable.
+        StoreError: the copy could not be written (a full disk).
+    """
+    fmt = check_format(fmt) if fmt is not None else None
+    kind = input_kind(path)
+    if kind not in ("stdin", "stream"):
+        yield InputFile(Path(path), fmt or detect_format(path), str(Path(path)), str(Path(path).resolve()),
+                        _like(Path(path)))
+        return
+    where = STDIN_NAME if kind == "stdin" else str(Path(path))
+    fmt = stream_format(fmt, where)
+    try:
+        spool = tempfile.TemporaryDirectory(prefix="reflectune-input-", dir=spool_dir)
+    except OSError as e:
+        raise StoreError(f"cannot make a folder to copy {where} into: {e.strerror or e} "
+                         f"({e.filename or spool_dir or tempfile.gettempdir()})") from None
+    with spool as folder:
+        copy = Path(folder) / ("stdin" if kind == "stdin" else Path(path).name)
+        _spool(None if kind == "stdin" else Path(path), copy, where)
+        if fmt is None:
+            fmt = sniff_file(copy, where)
+            if fmt not in STREAM_FORMATS:
+                raise DataError(f"is a pipe holding {fmt}, which needs a seekable file: save it to a file "
+                                "and pass its path", path=where)
+        if kind == "stdin":
+            yield InputFile(copy, fmt, where, STDIN, Path(f"stdin.{fmt}"))
+        else:
+            yield InputFile(copy, fmt, where, str(Path(path).resolve()), _like(Path(path)))
+
+
+def _like(path: Path) -> Path:
+    return path.with_suffix("") if inner_suffix(path) != path.suffix.lower() else path
+
+
+def _spool(path: Path | None, copy: Path, where: str) -> None:
+    """Copy a stream to ``copy`` in constant memory: read errors are the input's, write errors ours."""
+    with ExitStack() as stack:
+        if path is None:
+            if sys.stdin is None:
+                raise DataError("there is no standard input", path=where)
+            source: BinaryIO = sys.stdin.buffer
+            if source.isatty():
+                raise DataError("is a terminal: pipe or redirect the data in (... - < data.jsonl)",
+                                path=where)
+        else:
+            try:
+                source = stack.enter_context(open(path, "rb"))
+            except OSError as e:
+                raise DataError(f"cannot read: {e.strerror or e}", path=where) from None
+        try:
+            out = stack.enter_context(open(copy, "wb"))
+            while True:
+                try:
+                    chunk = source.read(_SPOOL_CHUNK)
+                except READ_ERRORS as e:
+                    raise damaged(None, e, where) from None
+                if not chunk:
+                    break
+                out.write(chunk)
+        except OSError as e:
+            raise StoreError(f"cannot copy {where} to {copy.parent}: {e.strerror or e}") from None
+
+
+def read_samples(path: str | os.PathLike[str] | InputFile, *, fields: Mapping[str, str] | None = None,
                  fmt: str | None = None, on_bad_record: Literal["error", "skip"] = "error",
                  rejects: RejectSink | None = None) -> Iterator[Sample]:
     """Stream the samples of a dataset file, one checked ``Sample`` per row.
 
     Args:
         path: an Alpaca or ShareGPT JSON array or JSON lines file, Parquet, CSV, or a
-            ``datasets.save_to_disk`` folder.
+            ``datasets.save_to_disk`` folder; gzip, bz2 and xz files are decompressed as they are read.
+            ``-`` is standard input (needs ``fmt``: json, jsonl or csv); a named pipe is read as it
+            comes, once. An ``InputFile`` from ``open_input`` is read under its name and format.
         fields: canonical name -> the file's column, e.g. ``{"output": "completion"}``.
         fmt: force a format instead of detecting it (see ``detect_format``).
         on_bad_record: ``"error"`` raises on the first bad row; ``"skip"`` sends it to ``rejects``.
@@ -50,8 +176,9 @@ def read_samples(path: str | os.PathLike[str], *, fields: Mapping[str, str] | No
         ``Sample(passthrough=True, raw=...)`` for the caller to write back unchanged.
 
     Raises:
-        DataError: naming the file, the 1-based row and the field.
-        ConfigError: for a bad ``fields``, ``fmt`` or ``on_bad_record``.
+        DataError: naming the file, the 1-based row and the field; or the path is missing, a symlink
+            loop, a dangling symlink, unreadable, or compressed in a way that cannot be streamed.
+        ConfigError: for a bad ``fields``, ``fmt`` or ``on_bad_record``; ``-`` without ``fmt``.
 
     Example:
         >>> for sample in read_samples("alpaca.json", fields={"output": "response"}):
@@ -62,32 +189,73 @@ def read_samples(path: str | os.PathLike[str], *, fields: Mapping[str, str] | No
     if on_bad_record == "skip" and rejects is None:
         raise ConfigError("on_bad_record='skip' needs a rejects sink to keep the skipped rows")
     resolved = resolve_fields(fields)
-    fmt = check_format(fmt) if fmt is not None else detect_format(path)
-    if fmt != "hf_disk" and Path(path).is_dir():
-        raise DataError("is a directory, expected a file", path=str(path))
-    if fmt == "hf_disk" and not Path(path).is_dir():
-        raise DataError("expected a datasets.save_to_disk folder", path=str(path))
-    if fmt != "hf_disk" and not Path(path).is_file():
-        raise DataError("no such file", path=str(path))
-    return _read(Path(path), fmt, resolved, rejects if on_bad_record == "skip" else None)
+    sink = rejects if on_bad_record == "skip" else None
+    if isinstance(path, InputFile):
+        target, where = path.path, path.name
+        fmt = path.fmt if fmt is None else fmt
+    else:
+        target, where = Path(path), str(path)
+    fmt = check_format(fmt) if fmt is not None else None
+    kind = input_kind(path if not isinstance(path, InputFile) else target)
+    if kind == "stdin":
+        return _read(None, stream_format(fmt, STDIN_NAME), resolved, sink, STDIN_NAME)
+    if kind == "stream":
+        return _read(target, stream_format(fmt, where), resolved, sink, where)
+    if fmt is None:
+        fmt = sniff_file(target, where) if kind == "file" else detect_format(target)
+    if fmt != "hf_disk" and kind == "dir":
+        raise DataError("is a directory, expected a file", path=where)
+    if fmt == "hf_disk" and kind != "dir":
+        raise DataError("expected a datasets.save_to_disk folder", path=where)
+    if kind == "file":
+        _check_head(target, fmt, where)
+    return _read(target, fmt, resolved, sink, where)
 
 
-def _read(path: Path, fmt: str, fields: dict[str, str], rejects: RejectSink | None) -> Iterator[Sample]:
+def _check_head(path: Path, fmt: str, where: str) -> None:
+    """Fail now, not at the first row, on a file that cannot be opened or streamed in ``fmt``."""
+    try:
+        with open(path, "rb") as f:
+            kind = compression(f.read(SIGNATURE_BYTES))
+    except OSError as e:
+        raise DataError(f"cannot read: {e.strerror or e}", path=where) from None
+    if kind is not None:
+        refuse_compression(kind, where)
+        if fmt == "parquet":
+            raise DataError(f"is {kind}-compressed Parquet, which is read in place, not streamed: "
+                            "decompress it first", path=where)
+
+
+def _read(path: Path | None, fmt: str | None, fields: dict[str, str], rejects: RejectSink | None,
+          where: str) -> Iterator[Sample]:
+    """``path`` None is standard input; ``fmt`` None (a pipe) is sniffed from the first bytes."""
     ids = _IdRegistry(fields["id"])
-    where, seen_rows = str(path), 0
-    for raw in _SOURCES[fmt](path):
-        seen_rows += 1
-        try:
-            if raw.error is not None:
-                raise DataError(raw.error, path=where, row=raw.row, field=raw.field)
-            sample = to_sample(raw.value, row=raw.row, fields=fields, path=where)
-            ids.add(sample, path=where)
-        except DataError as e:
-            if rejects is None:
-                raise
-            rejects.add(e.row, e.field, e.reason, _reject_record(raw))
-            continue
-        yield sample
+    seen_rows = 0
+    with ExitStack() as stack:
+        if fmt in _SOURCES:
+            assert path is not None
+            rows = _SOURCES[fmt](path)
+        else:
+            stream = stack.enter_context(open_stream(path, where))
+            if fmt is None:
+                fmt = sniff(stream.head, inner_suffix(path) if path else "", where)
+                if fmt not in _STREAMS:
+                    raise DataError(f"is a pipe holding {fmt}, which needs a seekable file: save it to a "
+                                    "file and pass its path", path=where)
+            rows = _STREAMS[fmt](stream.file, where)
+        for raw in rows:
+            seen_rows += 1
+            try:
+                if raw.error is not None:
+                    raise DataError(raw.error, path=where, row=raw.row, field=raw.field)
+                sample = to_sample(raw.value, row=raw.row, fields=fields, path=where)
+                ids.add(sample, path=where)
+            except DataError as e:
+                if rejects is None:
+                    raise
+                rejects.add(e.row, e.field, e.reason, _reject_record(raw))
+                continue
+            yield sample
     if not seen_rows:
         raise DataError("no rows", path=where)
 

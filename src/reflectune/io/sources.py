@@ -5,17 +5,34 @@ the reason the row could not be parsed plus its raw text. A source raises ``Data
 when it cannot go on (a broken Parquet footer, a CSV parser error); a bad row it can step over is
 yielded, so the reader alone decides between raising and rejecting. Sources hold at most one batch
 (about 1,000 rows) in memory. pyarrow and datasets are imported inside the functions that need them.
+
+The text formats (CSV here, JSON in ``jsonsource``) read from ``open_stream``: one binary stream over a
+file, a pipe or standard input, with gzip, bz2 or xz undone on the way (told by magic bytes), whose
+first bytes are kept for sniffing without a second open, and whose read errors, a device's or a damaged
+archive's, become a ``DataError`` naming the input.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import sys
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from reflectune.errors import ConfigError, DataError
+from reflectune.io.formats import (
+    READ_ERRORS,
+    SIGNATURE_BYTES,
+    compression,
+    damaged,
+    decompressor,
+    read_head,
+    refuse_compression,
+)
 
 BATCH_ROWS = 1000
 
@@ -52,37 +69,114 @@ def readable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """An input opened for one read: ``file`` from its first byte, ``head`` its first bytes (already
+    decompressed) for sniffing, ``compression`` what was undone (None: plain)."""
+
+    file: BinaryIO
+    head: bytes
+    compression: str | None
+
+
+@contextmanager
+def open_stream(path: Path | None, where: str) -> Iterator[Stream]:
+    """Open a file or pipe, or standard input (``path`` None), for one streaming read.
+
+    gzip, bz2 and xz are undone while reading (constant memory); zstd and zip raise a ``DataError``
+    saying how to unpack them. Reading is never repeated, so a pipe is read once.
+    """
+    with ExitStack() as stack:
+        if path is None:
+            if sys.stdin is None:
+                raise DataError("there is no standard input", path=where)
+            raw: BinaryIO = sys.stdin.buffer
+            if raw.isatty():
+                raise DataError("is a terminal: pipe or redirect the data in (... - < data.jsonl)",
+                                path=where)
+        else:
+            try:
+                raw = stack.enter_context(open(path, "rb", buffering=0))
+            except OSError as e:
+                raise DataError(f"cannot read: {e.strerror or e}", path=where) from None
+        head = _head(raw, where, None)
+        kind = compression(head)
+        if kind is not None:
+            refuse_compression(kind, where)
+            raw = stack.enter_context(decompressor(kind, _prefixed(head, raw, where, None)))
+            head = _head(raw, where, kind)
+        yield Stream(_prefixed(head, raw, where, kind), head, kind)
+
+
+def _head(f: BinaryIO, where: str, kind: str | None) -> bytes:
+    try:
+        return read_head(f, enough=SIGNATURE_BYTES)
+    except READ_ERRORS as e:
+        raise damaged(kind, e, where) from None
+
+
+def _prefixed(head: bytes, rest: BinaryIO, where: str, kind: str | None) -> BinaryIO:
+    return io.BufferedReader(_Prefixed(head, rest, where, kind), 1 << 16)
+
+
+class _Prefixed(io.RawIOBase):
+    """``head`` then the rest of ``rest``, whose read errors become a ``DataError`` naming the input."""
+
+    def __init__(self, head: bytes, rest: BinaryIO, where: str, kind: str | None) -> None:
+        self.head, self.where, self.kind = head, where, kind
+        # readinto1 hands on what a pipe has delivered instead of waiting for a full buffer
+        self.read_more = getattr(rest, "readinto1", None) or getattr(rest, "readinto")  # noqa: B009
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.head:
+            n = min(len(buffer), len(self.head))
+            buffer[:n], self.head = self.head[:n], self.head[n:]
+            return n
+        try:
+            return int(self.read_more(buffer))
+        except READ_ERRORS as e:
+            raise damaged(self.kind, e, self.where) from None
+
+
 def iter_csv(path: Path) -> Iterator[RawRow]:
     """Rows of a CSV file with a header line; every value is a string."""
+    with open_stream(path, str(path)) as stream:
+        yield from csv_rows(stream.file, str(path))
+
+
+def csv_rows(f: BinaryIO, where: str) -> Iterator[RawRow]:
+    """Rows of a CSV stream (see ``iter_csv``); ``where`` names it in messages."""
     csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # a 1 MB field is valid data
-    with open(path, "rb") as f:
-        lines = (line.decode("utf-8", "surrogateescape") for line in f)
-        reader = csv.reader(_strip_bom(lines))
-        try:
-            header = next((r for r in reader if r), None)
-            if header is None:
-                return
-            for column in header:
-                if header.count(column) > 1:
-                    raise DataError(f"column {column!r} appears twice in the header", path=str(path),
-                                    field=column)
-            row = 0
-            for values in reader:
-                if not values:
-                    continue
-                row += 1
-                text = ",".join(values)
-                bad = next((c for c, v in zip(header, values, strict=False) if bad_bytes_at(v) is not None),
-                           None)
-                if bad is not None:
-                    yield RawRow(row, error="invalid UTF-8", text=readable(text), field=bad)
-                elif len(values) != len(header):
-                    yield RawRow(row, error=f"has {len(values)} values, the header has {len(header)}",
-                                 text=text)
-                else:
-                    yield RawRow(row, dict(zip(header, values, strict=True)))
-        except csv.Error as e:
-            raise DataError(f"CSV parse error at line {reader.line_num}: {e}", path=str(path)) from None
+    lines = (line.decode("utf-8", "surrogateescape") for line in f)
+    reader = csv.reader(_strip_bom(lines))
+    try:
+        header = next((r for r in reader if r), None)
+        if header is None:
+            return
+        for column in header:
+            if header.count(column) > 1:
+                raise DataError(f"column {column!r} appears twice in the header", path=where,
+                                field=column)
+        row = 0
+        for values in reader:
+            if not values:
+                continue
+            row += 1
+            text = ",".join(values)
+            bad = next((c for c, v in zip(header, values, strict=False) if bad_bytes_at(v) is not None),
+                       None)
+            if bad is not None:
+                yield RawRow(row, error="invalid UTF-8", text=readable(text), field=bad)
+            elif len(values) != len(header):
+                yield RawRow(row, error=f"has {len(values)} values, the header has {len(header)}",
+                             text=text)
+            else:
+                yield RawRow(row, dict(zip(header, values, strict=True)))
+    except csv.Error as e:
+        raise DataError(f"CSV parse error at line {reader.line_num}: {e}", path=where) from None
 
 
 def _strip_bom(lines: Iterator[str]) -> Iterator[str]:

@@ -5,11 +5,16 @@ over the target only when the writer closes without an exception, so a killed ru
 file where a good one was. JSON and JSON lines stream straight to the temp file; the columnar formats
 spool first (see ``tabular``). Output is a pure function of the rows written: keys keep the order
 they are given in, nothing carries a timestamp, so identical input gives byte-identical files.
+
+While open, a writer holds an ``OutputLock`` on its target (``.NAME.lock`` beside it), so a second
+writer of the same path, another run or this process, is refused with a ``StoreError``. Any OS error
+(a full disk included) is a one-line ``StoreError`` and removes the temp files at once.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -20,7 +25,7 @@ from typing import IO, Any
 
 from reflectune.errors import ConfigError, StoreError
 from reflectune.io import tabular
-from reflectune.io.atomic import remove_stale, temp_path
+from reflectune.io.atomic import OutputLock, os_reason, remove_stale, temp_path
 from reflectune.io.fields import resolve_fields
 from reflectune.io.formats import check_format, output_format
 from reflectune.io.shapes import to_record
@@ -51,6 +56,8 @@ class DatasetWriter:
         self.tmp = temp_path(self.path)
         self._file: IO[bytes] | None = None
         self._spool: tabular.Spool | None = None
+        self._lock = OutputLock(self.path)
+        self._failed: StoreError | None = None
         if self.fmt != "hf_disk" and self.path.is_dir():
             raise ConfigError(f"{self.path} is a directory; a {self.fmt} output must be a file")
         if self.fmt == "hf_disk" and self.path.exists() and not self.path.is_dir():
@@ -68,19 +75,30 @@ class DatasetWriter:
             self.abort()
 
     def open(self) -> None:
-        """Create the temp file; ``__enter__`` calls this."""
+        """Lock the target and create the temp file; ``__enter__`` calls this.
+
+        Raises ``StoreError`` if another writer (another run, or this process) holds the target.
+        """
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+        except OSError as exc:
+            raise self._os_error(exc) from None
+        try:
             remove_stale(self.path)  # what a killed writer of this file left
             if self.fmt in ("json", "jsonl"):
                 self._file = open(self.tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
             else:
                 self._spool = tabular.Spool(Path(f"{self.tmp}.spool"))
         except OSError as exc:
+            self.abort()
             raise self._os_error(exc) from None
+        except BaseException:
+            self.abort()
+            raise
 
     def _os_error(self, exc: OSError) -> StoreError:
-        return StoreError(f"{self.path}: cannot write the output ({exc.strerror or exc}); "
+        return StoreError(f"{self.path}: cannot write the output ({os_reason(exc)}); "
                           "finished work is kept in the run's store, fix the cause and rerun")
 
     def write(self, sample: Sample, instruction: str, input: str, output: str,
@@ -92,11 +110,18 @@ class DatasetWriter:
         self.write_record(to_record(sample, instruction, input, output, columns or {}, self.fields))
 
     def write_record(self, record: Mapping[str, Any]) -> None:
-        """Write one raw dict as one row."""
+        """Write one raw dict as one row.
+
+        After an OS error (disk full) the temp files are gone and every later write raises it again.
+        """
+        if self._failed is not None:
+            raise self._failed
         try:
             self._write_record(dict(record))
         except OSError as exc:
-            raise self._os_error(exc) from None
+            self._failed = self._os_error(exc)
+            self.abort()
+            raise self._failed from None
 
     def _write_record(self, record: dict[str, Any]) -> None:
         line = dumps_line(record)
@@ -113,6 +138,9 @@ class DatasetWriter:
 
     def close(self) -> None:
         """Finish the temp file and rename it over the target."""
+        if self._failed is not None:  # a write failed and was swallowed: there is nothing to commit
+            self.abort()
+            raise self._failed
         try:
             if self._file is not None:
                 if self.fmt == "json":
@@ -129,17 +157,22 @@ class DatasetWriter:
         except BaseException:
             self.abort()
             raise
+        self._lock.release()
 
     def abort(self) -> None:
-        """Drop everything written; the target is left as it was."""
+        """Drop everything written; the target is left as it was. Safe to call more than once."""
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # a full disk fails the final flush again
+                self._file.close()
             self._file = None
         if self._spool is not None:
-            self._spool.finish()
+            with contextlib.suppress(OSError):
+                self._spool.finish()
             self._spool = None
         for leftover in (self.tmp, Path(f"{self.tmp}.spool"), Path(f"{self.tmp}.arrow")):
-            _remove(leftover)
+            with contextlib.suppress(OSError):
+                _remove(leftover)
+        self._lock.release()
 
     def _finish_spool(self, spool: tabular.Spool) -> None:
         digest = spool.finish()

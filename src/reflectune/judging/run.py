@@ -24,7 +24,7 @@ from typing import Any, cast
 from reflectune.config import JudgeConfig, merged
 from reflectune.contracts import JUDGMENTS_FILE
 from reflectune.engine.runner import Engine, EngineStats
-from reflectune.engine.stage import open_stage, settle
+from reflectune.engine.stage import RunOutcome, open_stage, settle
 from reflectune.errors import ConfigError, DataError
 from reflectune.io.atomic import write_json_atomic
 from reflectune.io.testsets import read_records
@@ -144,6 +144,8 @@ class JudgeReport:
     chart_path: Path | None
     judgments_path: Path
     data: dict[str, Any]
+    #: the one exit rule's verdict: calls still failed (by reason) and the pairs it judged
+    outcome: RunOutcome = field(default_factory=RunOutcome)
 
     @property
     def overall(self) -> dict[str, Any]:
@@ -418,9 +420,12 @@ async def ajudge(answers_a: str | os.PathLike[str], answers_b: str | os.PathLike
             "run_dir": str(folder), "judgments": str(judgments),
             "chart": str(chart_path) if chart_path else None,
         }
+        outcome = stage.outcome(sum(1 for i in items if not i.error and not i.skipped), "judged pairs")
+        data["outcome"] = outcome.as_dict()
         write_json_atomic(report_path, data)
-        stage.write("complete", report=str(report_path), overall=tallies["overall"], stats=stats)
-    return JudgeReport(folder, report_path, chart_path, judgments, data)
+        stage.write("complete", report=str(report_path), overall=tallies["overall"], stats=stats,
+                    outcome=outcome.as_dict())
+    return JudgeReport(folder, report_path, chart_path, judgments, data, outcome)
 
 
 def _describe(answer: Answer) -> dict[str, Any]:
@@ -444,6 +449,7 @@ def judge(
     name_b: str | None = None,
     base_url: str | None = None,
     api_key_env: str | None = None,
+    allow_insecure_http: bool | None = None,
     timeout: float | None = None,
     device: str | None = None,
     dtype: str | None = None,
@@ -490,7 +496,8 @@ def judge(
         raise ConfigError("no judge given: pass judge='openai:MODEL' (or hf:PATH, embedded) or a JudgeConfig")
     config = merged(JudgeConfig, config, {
         "judge": {"spec": judge, "base_url": base_url, "api_key_env": api_key_env, "timeout": timeout,
-                  "device": device, "dtype": dtype, "batch_size": batch_size},
+                  "device": device, "dtype": dtype, "batch_size": batch_size,
+                  "allow_insecure_http": allow_insecure_http},
         "engine": {"concurrency": concurrency, "rpm": rpm, "tpm": tpm, "max_cost": max_cost,
                    "price_in": price_in, "price_out": price_out, "retry_failed": retry_failed},
         "mode": mode, "retry_unparsed": retry_unparsed, "max_tokens": max_tokens,

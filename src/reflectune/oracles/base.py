@@ -34,6 +34,8 @@ class Capabilities:
     concurrency: int | None = None
     #: List price; ``None`` when unknown (reported as unknown, never as free).
     price: Prices | None = FREE
+    #: Its endpoint can be misconfigured (a key, a URL): the engine proves it with one call first.
+    preflight: bool = False
 
 
 @runtime_checkable

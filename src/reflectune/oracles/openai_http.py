@@ -4,25 +4,62 @@ OpenAI, vLLM, llama.cpp, Ollama, SGLang and TGI all speak this protocol. aiohttp
 session: measured 2,244 calls/s at 256 in flight on 2 cores, against 634 for the openai SDK
 (DESIGN.md). The engine bounds concurrency, so the connector itself is unbounded.
 
-This module only translates: HTTP statuses and transport failures become typed ``OracleError``s,
-and the engine decides what to retry. The API key is read from the environment variable the user
-names, held privately, and never appears in ``repr``, errors or the fingerprint.
+This module only translates: HTTP statuses, transport failures and bodies of the wrong shape become
+typed ``OracleError``s, and the engine decides what to retry. Nothing a server sends may raise
+anything else. What comes back is checked field by field (``_ChatCompletion``), read under a bound
+(``body_bound``), never followed through a redirect, and a usage the server does not report
+properly is estimated and marked ``usage_estimated``:
+
+    kind                 error               when
+    invalid_response     OracleUnavailable   a completion of the wrong shape, an HTML page, not UTF-8
+    malformed            OracleUnavailable   a body that is not JSON (cut off)
+    error_response       OracleUnavailable   a 200 whose body is ``{"error": ...}`` (else its code's kind)
+    too_large            OracleUnavailable   a body over max(1 MiB, 64 B x max_tokens + 64 KiB)
+    redirect             OracleFatal         any 3xx; the message names the Location (redacted)
+    http_401/403/404     OracleFatal         a bad key, no access, a wrong URL or model
+    insufficient_quota   OracleFatal         a 429 (or 402) saying the account has no quota
+    connection_refused   OracleFatal         nothing listening, or the host does not resolve
+    rate_limited         RateLimited         other 429s; ``Retry-After`` as seconds or a date, else None
+    context_length       OracleRejected      the prompt does not fit
+    content_filter       OracleRejected      a content filter refused the request
+    http_4xx             OracleRejected      any other 4xx
+    http_5xx, timeout, connection            5xx, no answer in time, a dropped connection (retried)
+
+Credentials stay where they belong. The key is read from the environment variable the user names,
+held privately, and never appears in ``repr``, errors or the fingerprint. ``OPENAI_API_KEY`` (the
+default ``api_key_env``) is sent only to ``api.openai.com``: a key for any other server must be named
+with ``--api-key-env``. ``--base-url`` defaults to ``$OPENAI_BASE_URL``, then to OpenAI. A key, or
+credentials in the URL, never go over plain http to a host that is not loopback unless
+``allow_insecure_http`` (``--allow-insecure-http``). Messages show URLs through ``redact_url``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import datetime
 import email.utils
+import errno
+import ipaddress
 import json
+import math
 import os
+import re
+import socket
 import time
+import urllib.parse
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from reflectune.config import redact_url
 from reflectune.errors import (
     ConfigError,
+    OracleError,
+    OracleFatal,
     OracleRejected,
     OracleTimeout,
     OracleUnavailable,
@@ -30,32 +67,243 @@ from reflectune.errors import (
 )
 from reflectune.oracles.base import Capabilities
 from reflectune.oracles.pricing import list_price
-from reflectune.oracles.tokens import approx_tokens, exact_tokens_available
+from reflectune.oracles.tokens import approx_tokens, chat_prompt_tokens, exact_tokens_available
 from reflectune.types import ChatRequest, Completion
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+#: The only host the default key variable is sent to.
+OPENAI_HOST = "api.openai.com"
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 DEFAULT_CONTEXT = 8192
+#: A response body is refused past max(MIN_BODY_BOUND, BYTES_PER_TOKEN x (max_tokens or 4096) + SLACK).
+MIN_BODY_BOUND = 1 << 20
+BYTES_PER_TOKEN = 64
+BODY_SLACK = 64 << 10
+_ERROR_BODY_LIMIT = 64 << 10  # an error body is only read for its message
+_SHOWN = 300  # characters of a server's own message kept in an error
+_CHUNK = 64 << 10
+_MAX_COUNT = 10**9  # a billion tokens in one call is not a count
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_TEXT_PARTS = frozenset({"text", "output_text"})
+_QUOTA = "insufficient_quota"
 _CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too many tokens",
                   "context window", "prompt is too long")
+_FILTER_HINTS = ("content_filter", "content filter", "content management policy",
+                 "content_policy_violation", "responsibleaipolicyviolation", "safety system")
+_URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+")
+
+
+def body_bound(max_tokens: int | None) -> int:
+    """The most bytes a response to a request for ``max_tokens`` may have before it is refused."""
+    return max(MIN_BODY_BOUND, BYTES_PER_TOKEN * (max_tokens or 4096) + BODY_SLACK)
 
 
 def _retry_after(value: str | None) -> float | None:
-    if not value:
+    """Seconds from a ``Retry-After`` header: delta seconds (a float too) or an HTTP date; anything
+    else (garbage such as ``soon``, a negative or non-finite number) is None: the client's own backoff."""
+    text = (value or "").strip()
+    if not text:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(text)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+            if when.tzinfo is None:  # HTTP dates are GMT
+                when = when.replace(tzinfo=datetime.UTC)
+            seconds = max(0.0, when.timestamp() - time.time())
+        except (TypeError, ValueError, IndexError, OverflowError, OSError):
+            return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
-def _error_message(body: str) -> str:
+def _error_detail(text: str) -> tuple[str, str]:
+    """The server's own message in an error body, and its code and type (lowercase) to match on."""
     try:
-        detail = json.loads(body).get("error", {})
-        message = detail.get("message") if isinstance(detail, dict) else str(detail)
-    except (ValueError, AttributeError):
-        message = body
-    return " ".join(str(message or "").split())[:300]
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return text, ""
+    if not isinstance(data, dict):
+        return text, ""
+    detail = data.get("error", data)
+    if not isinstance(detail, dict):
+        return (detail if isinstance(detail, str) else json.dumps(detail, ensure_ascii=False)), ""
+    message: Any = detail.get("message") or detail.get("detail") or data.get("message") or data.get("detail")
+    tags = " ".join(str(detail.get(k) or "") for k in ("code", "type")).lower()
+    if not message:
+        message = text
+    return (message if isinstance(message, str) else json.dumps(message, ensure_ascii=False)), tags
+
+
+def _describe(value: Any) -> str:
+    """``an integer (42)``: what a field held, for an error message."""
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+             dict: "an object"}
+    if value is None:
+        return "null"
+    shown = json.dumps(value, ensure_ascii=False, default=str)
+    return f"{names.get(type(value), type(value).__name__)} ({shown[:60]}{'...' if len(shown) > 60 else ''})"
+
+
+def _first_problem(exc: ValidationError) -> str:
+    """The first thing wrong with a completion, as ``choices[0].message.content must be ...``."""
+    err = exc.errors(include_url=False)[0]
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+    kind, given = err["type"], err.get("input")
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        problem = f"must be an object, not {_describe(given)}"
+    elif kind == "list_type":
+        problem = f"must be a list, not {_describe(given)}"
+    elif kind == "missing":
+        problem = "is missing"
+    elif kind == "too_short":
+        problem = "is empty"
+    else:
+        problem = str(err["msg"]).removeprefix("Value error, ")
+    return f"{where or 'the body'} {problem}"
+
+
+# -- the shape of a chat completion ----------------------------------------------------------------
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    content: str = ""
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> str:
+        """A string; null is ""; a list of parts is the text of its text parts, others ignored."""
+        if value is None:
+            return ""
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list):
+            texts = []
+            for i, part in enumerate(value):
+                if isinstance(part, dict) and part.get("type") in _TEXT_PARTS:
+                    text = part.get("text")
+                    if not isinstance(text, str):
+                        raise ValueError(f"part {i} ({part['type']}) must have a string text, not "
+                                         f"{_describe(text)}")
+                    texts.append(text)
+            return "".join(texts)
+        raise ValueError(f"must be a string, a list of parts or null, not {_describe(value)}")
+
+
+class _Choice(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    message: _Message
+    finish_reason: str | None = None
+
+    @field_validator("finish_reason", mode="before")
+    @classmethod
+    def _reason(cls, value: Any) -> str | None:
+        if value is None or isinstance(value, str):
+            return value
+        raise ValueError(f"must be a string or null, not {_describe(value)}")
+
+
+class _Usage(BaseModel):
+    """Token counts; a count that is missing, not an integer, negative or absurd is None (estimated)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    @field_validator("prompt_tokens", "completion_tokens", mode="before")
+    @classmethod
+    def _count(cls, value: Any) -> int | None:
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return value if isinstance(value, int) and 0 <= value <= _MAX_COUNT else None
+
+
+class _ChatCompletion(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    choices: list[_Choice] = Field(min_length=1)
+    model: str | None = None
+    usage: _Usage = _Usage()
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, value: Any) -> str | None:
+        return value if isinstance(value, str) and value else None
+
+    @field_validator("usage", mode="before")
+    @classmethod
+    def _usage(cls, value: Any) -> Any:
+        return value if isinstance(value, dict) else {}
+
+
+# -- the endpoint ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Endpoint:
+    url: str  # what the user gave, trailing slash removed
+    scheme: str
+    host: str  # lowercase, IPv6 without brackets
+    port: int | None
+    path: str  # without a trailing slash
+    hostport: str  # the URL's host[:port] as written, without userinfo
+    query: str
+    user: str | None
+    password: str | None
+
+    @classmethod
+    def parse(cls, url: str) -> _Endpoint:
+        shown = redact_url(url)
+        try:
+            parts = urllib.parse.urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise ConfigError(f"invalid --base-url {shown}: a bad port or IPv6 address") from None
+        scheme = parts.scheme.lower()
+        if scheme not in _DEFAULT_PORTS:
+            raise ConfigError(f"--base-url must start with http:// or https://, got {shown}")
+        if not parts.hostname:
+            raise ConfigError(f"--base-url names no host: {shown}")
+        user = urllib.parse.unquote(parts.username) if parts.username else None
+        password = urllib.parse.unquote(parts.password) if parts.password else None
+        return cls(url.rstrip("/"), scheme, parts.hostname.lower(), port, parts.path.rstrip("/"),
+                   parts.netloc.rpartition("@")[2], parts.query, user, password)
+
+    @property
+    def normalised(self) -> str:
+        """scheme://host[:port]/path: never userinfo or query; default ports left out."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = f":{self.port}" if self.port is not None and self.port != _DEFAULT_PORTS[self.scheme] else ""
+        return f"{self.scheme}://{host}{port}{self.path}"
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            ip = ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        mapped = getattr(ip, "ipv4_mapped", None)
+        return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+    def chat_url(self) -> str:
+        return urllib.parse.urlunsplit((self.scheme, self.hostport, f"{self.path}/chat/completions",
+                                        self.query, ""))
+
+    def secrets(self) -> list[str]:
+        """What in this URL must never be shown: its password (also as Basic credentials) and query
+        values (4 characters or more)."""
+        found: list[str] = []
+        if self.password:
+            basic = f"{self.user or ''}:{self.password}".encode()
+            found += [self.password, base64.b64encode(basic).decode().rstrip("=")]
+        for item in self.query.split("&"):
+            value = item.partition("=")[2] if "=" in item else item
+            found += [value, urllib.parse.unquote_plus(value)]
+        return sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)
 
 
 class OpenAIOracle:
@@ -65,43 +313,78 @@ class OpenAIOracle:
 
         oracle = OpenAIOracle("gpt-4o-mini")                       # key from $OPENAI_API_KEY
         oracle = OpenAIOracle("qwen2.5", base_url="http://localhost:8000/v1")   # vLLM, no key
+        oracle = OpenAIOracle("m", base_url="https://my.host/v1", api_key_env="MY_KEY")  # its key
     """
 
     name = "openai"
 
-    def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 timeout: float = 120.0, context: int | None = None,
+    def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = DEFAULT_KEY_ENV,
+                 timeout: float = 120.0, context: int | None = None, allow_insecure_http: bool = False,
                  session: aiohttp.ClientSession | None = None) -> None:
         if not model:
             raise ConfigError("the openai oracle needs a model: --oracle openai:MODEL")
         self.model = model
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        endpoint = _Endpoint.parse(url.strip())
+        self._endpoint = endpoint
+        #: for display: the URL without credentials
+        self.base_url = redact_url(endpoint.url)
         self.context = context or DEFAULT_CONTEXT
         self.timeout = timeout
-        self.__key = os.environ.get(api_key_env) or None
-        if self.__key is None and self.base_url == DEFAULT_BASE_URL:
-            raise ConfigError(f"no API key: set the environment variable {api_key_env} "
-                              "(or point --base-url at a local server)")
+        self._key_env = api_key_env
+        self.__key = self._read_key(endpoint, api_key_env)
+        self._check_credentials(endpoint, api_key_env, allow_insecure_http)
+        basic = f"{endpoint.user or ''}:{endpoint.password or ''}".encode()
+        self.__basic = base64.b64encode(basic).decode() if endpoint.user or endpoint.password else None
+        secrets = [(s, "***") for s in endpoint.secrets()]
+        self.__secrets = ([(self.__key, "[key]")] if self.__key else []) + secrets
+        self.__url = endpoint.chat_url()
         self._session = session
         self._owns_session = session is None
-        self._url = f"{self.base_url}/chat/completions"
         self.capabilities = Capabilities(prefill=False, exact_tokens=exact_tokens_available(model),
-                                         price=list_price(model))
+                                         price=list_price(model), preflight=True)
+
+    @staticmethod
+    def _read_key(endpoint: _Endpoint, api_key_env: str) -> str | None:
+        # The default variable holds an OpenAI key: it goes to OpenAI only. Any other server gets a
+        # key only from a variable the user named (--api-key-env).
+        if api_key_env == DEFAULT_KEY_ENV and endpoint.host != OPENAI_HOST:
+            return None
+        key = (os.environ.get(api_key_env) or "").strip() or None
+        if key is None and endpoint.host == OPENAI_HOST:
+            raise ConfigError(f"no API key: set the environment variable {api_key_env} "
+                              "(or point --base-url at a local server)")
+        if key is None:
+            raise ConfigError(f"no API key: the environment variable {api_key_env} named by "
+                              "--api-key-env is not set")
+        return key
+
+    def _check_credentials(self, endpoint: _Endpoint, api_key_env: str, allow_insecure_http: bool) -> None:
+        in_url = bool(endpoint.user or endpoint.password)
+        if in_url and self.__key:
+            raise ConfigError(f"--base-url {self.base_url} carries credentials and a key is set in "
+                              f"{api_key_env}: keep one")
+        if (in_url or self.__key) and endpoint.scheme == "http" and not endpoint.loopback \
+                and not allow_insecure_http:
+            what = f"the API key in {api_key_env}" if self.__key else "the credentials in --base-url"
+            raise ConfigError(f"refusing to send {what} over plain http to {endpoint.host}: anyone on "
+                              "the way can read it; use https://, or pass --allow-insecure-http if "
+                              "this network is trusted")
 
     @classmethod
-    def from_spec(cls, arg: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                  timeout: float = 120.0, context: int | None = None,
+    def from_spec(cls, arg: str, *, base_url: str | None = None, api_key_env: str = DEFAULT_KEY_ENV,
+                  timeout: float = 120.0, context: int | None = None, allow_insecure_http: bool = False,
                   session: aiohttp.ClientSession | None = None) -> OpenAIOracle:
-        return cls(arg, base_url=base_url, api_key_env=api_key_env, timeout=timeout,
-                   context=context, session=session)
+        return cls(arg, base_url=base_url, api_key_env=api_key_env, timeout=timeout, context=context,
+                   allow_insecure_http=allow_insecure_http, session=session)
 
     def __repr__(self) -> str:
         return f"OpenAIOracle(model={self.model!r}, base_url={self.base_url!r})"
 
     def fingerprint(self) -> str:
-        # The URL is left out on purpose: a local server restarted on another port must still
-        # resume the same run. The model name identifies the answers.
-        return f"openai:{self.model}"
+        # The endpoint's identity: two servers answering under one model name are two oracles. Never
+        # userinfo or the query (where keys travel); default ports and a trailing slash left out.
+        return f"openai:{self.model}@{self._endpoint.normalised}"
 
     def count_tokens(self, text: str) -> int:
         return approx_tokens(text, self.model)
@@ -110,7 +393,19 @@ class OpenAIOracle:
         headers = {"Content-Type": "application/json"}
         if self.__key:
             headers["Authorization"] = f"Bearer {self.__key}"
+        elif self.__basic:  # credentials in the URL (never both: see _check_credentials)
+            headers["Authorization"] = f"Basic {self.__basic}"
         return headers
+
+    def _redact(self, text: str) -> str:
+        """``text`` without the key, the URL's credentials, or any URL's userinfo and query values."""
+        for secret, mask in self.__secrets:
+            text = text.replace(secret, mask)
+        return _URL_IN_TEXT.sub(lambda m: redact_url(m.group()), text)
+
+    def _shown(self, text: str) -> str:
+        """A server's text as an error keeps it: redacted first, then one line of at most 300 chars."""
+        return " ".join(self._redact(text).split())[:_SHOWN]
 
     def _session_now(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -142,45 +437,150 @@ class OpenAIOracle:
         session = self._session_now()
         started = time.monotonic()
         headers = None if self._owns_session else self._headers()  # injected sessions
+        bound = body_bound(request.max_tokens)
         try:
-            async with session.post(self._url, json=self._payload(request), headers=headers) as resp:
-                body = await resp.text()
+            async with session.post(self.__url, json=self._payload(request), headers=headers,
+                                    allow_redirects=False) as resp:
                 status = resp.status
+                ok = 200 <= status < 300
+                raw = await self._read(resp, bound if ok else min(bound, _ERROR_BODY_LIMIT), cut=not ok)
                 retry_after = resp.headers.get("Retry-After")
+                location = resp.headers.get("Location")
+                content_type = resp.headers.get("Content-Type", "")
         except TimeoutError:
             raise OracleTimeout(f"no answer within {self.timeout:g} s") from None
-        except aiohttp.ClientError as exc:
-            raise OracleUnavailable(f"connection failed: {type(exc).__name__}", kind="connection") from None
-        if status != 200:  # some proxies echo the key back in an error body: never keep it
-            raise self._status_error(status, body.replace(self.__key, "[key]") if self.__key else body,
-                                     retry_after)
-        try:
-            data = json.loads(body)
-            choice = data["choices"][0]
-            content = choice["message"].get("content") or ""
-            usage = data.get("usage") or {}
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            raise OracleUnavailable("malformed response body", kind="malformed") from None
-        return Completion(
-            content=content,
-            finish_reason=choice.get("finish_reason"),
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            latency_s=time.monotonic() - started,
-        )
+        except aiohttp.ClientConnectorError as exc:
+            raise self._connect_error(exc) from None
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            detail = self._shown(str(exc))[:200]
+            raise OracleUnavailable(f"connection failed: {type(exc).__name__}"
+                                    f"{f' ({detail})' if detail else ''}", kind="connection") from None
+        if 300 <= status < 400:
+            where = self._shown(redact_url(location)) if location else "nowhere (no Location header)"
+            raise OracleFatal(f"HTTP {status}: the server redirects to {where}; redirects are not followed "
+                              "(a key could go with them): point --base-url at the final address",
+                              kind="redirect")
+        if not ok:
+            message, tags = _error_detail(raw.decode("utf-8", errors="replace"))
+            raise self._classify(status, self._redact(message), tags, _retry_after(retry_after))
+        return self._completion(request, raw, content_type, time.monotonic() - started)
 
-    @staticmethod
-    def _status_error(status: int, body: str, retry_after: str | None) -> Exception:
-        message = _error_message(body)
+    async def _read(self, resp: aiohttp.ClientResponse, bound: int, *, cut: bool = False) -> bytes:
+        """The body, refused (``too_large``) past ``bound`` bytes before it is read whole; ``cut``:
+        keep the first ``bound`` bytes instead (an error body, read for its message only)."""
+        length = resp.content_length
+        if length is not None and length > bound and not cut:
+            resp.close()
+            raise OracleUnavailable(f"response of {length:,} bytes refused unread: over the {bound:,}-byte "
+                                    "bound for this request (max(1 MiB, 64 B x max_tokens + 64 KiB))",
+                                    kind="too_large")
+        encoded = resp.headers.get("Content-Encoding", "").lower() not in ("", "identity")
+        if length is not None and length <= bound and not encoded:
+            return await resp.read()
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > bound:
+                resp.close()
+                if cut:
+                    chunks.append(chunk[: len(chunk) - (size - bound)])
+                    break
+                raise OracleUnavailable(f"response refused: over the {bound:,}-byte bound for this request "
+                                        f"(max(1 MiB, 64 B x max_tokens + 64 KiB)); stopped after {size:,} "
+                                        "bytes", kind="too_large")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _completion(self, request: ChatRequest, raw: bytes, content_type: str, latency: float) -> Completion:
+        try:
+            text = raw.decode("utf-8").removeprefix("\ufeff")
+        except UnicodeDecodeError as exc:
+            shown = self._shown(raw.decode("utf-8", errors="replace"))
+            raise OracleUnavailable(f"HTTP 200 with a body that is not valid UTF-8 (byte {exc.start:,}): "
+                                    f"{shown}", kind="invalid_response") from None
+        if "html" in content_type.lower() or text.lstrip()[:1] == "<":
+            raise OracleUnavailable(f"HTTP 200 with an HTML page, not a chat completion (a proxy, a login "
+                                    f"page, a wrong --base-url?): {self._shown(text)}",
+                                    kind="invalid_response")
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            what = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+            raise OracleUnavailable(f"HTTP 200 with a body that is not JSON ({what}): {self._shown(text)}",
+                                    kind="malformed") from None
+        if isinstance(data, dict) and "error" in data and not data.get("choices"):
+            message, tags = _error_detail(text)
+            detail = data["error"]
+            code = detail.get("code") if isinstance(detail, dict) else None
+            status = int(code) if isinstance(code, int | str) and str(code).isdigit() \
+                and 400 <= int(code) < 600 else None
+            raise self._classify(status, self._redact(message), tags, None)
+        try:
+            parsed = _ChatCompletion.model_validate(data)
+        except ValidationError as exc:
+            raise OracleUnavailable(f"invalid chat completion: {self._shown(_first_problem(exc))}",
+                                    kind="invalid_response") from None
+        choice = parsed.choices[0]
+        content = choice.message.content
+        prompt, completion = parsed.usage.prompt_tokens, parsed.usage.completion_tokens
+        if prompt == 0 and completion == 0 and content:  # all zeros for a real answer: not a count
+            prompt = completion = None
+        estimated = prompt is None or completion is None
+        if prompt is None:
+            prompt = chat_prompt_tokens((m.content for m in request.messages), self.count_tokens)
+        if completion is None:
+            completion = self.count_tokens(content)
+        return Completion(content=content, finish_reason=choice.finish_reason, prompt_tokens=prompt,
+                          completion_tokens=completion, latency_s=latency, usage_estimated=estimated,
+                          model=parsed.model)
+
+    def _classify(self, status: int | None, message: str, tags: str,
+                  retry_after: float | None) -> OracleError:
+        """The error for an HTTP ``status`` (None: a 200 whose body is an error) and its message."""
+        label = f"HTTP {status}" if status is not None else "HTTP 200 with an error instead of a completion"
+        said = f"{label}: {' '.join(message.split())[:_SHOWN]}"
+        if _QUOTA in tags or status == 402:
+            return OracleFatal(f"{said} (the account has no quota left: add credit or raise its limit, "
+                               "then rerun)", kind="insufficient_quota")
         if status == 429:
-            return RateLimited(f"HTTP 429: {message}", retry_after=_retry_after(retry_after))
+            return RateLimited(said, retry_after=retry_after)
         if status == 408:
-            return OracleTimeout(f"HTTP 408: {message}")
-        if status >= 500:
-            return OracleUnavailable(f"HTTP {status}: {message}", kind=f"http_{status}")
-        if any(hint in message.lower() for hint in _CONTEXT_HINTS):
-            return OracleRejected(f"HTTP {status}: {message}", kind="context_length")
-        return OracleRejected(f"HTTP {status}: {message}", kind=f"http_{status}")
+            return OracleTimeout(said)
+        if status in (401, 403, 404):
+            return OracleFatal(f"{said}{self._hint(status)}", kind=f"http_{status}")
+        if status is not None and status >= 500:
+            return OracleUnavailable(said, kind=f"http_{status}")
+        low = f"{message} {tags}".lower()
+        if any(hint in low for hint in _CONTEXT_HINTS):
+            return OracleRejected(said, kind="context_length")
+        if any(hint in low for hint in _FILTER_HINTS):
+            return OracleRejected(said, kind="content_filter")
+        if status is None:
+            return OracleUnavailable(said, kind="error_response")
+        return OracleRejected(said, kind=f"http_{status}")
+
+    def _hint(self, status: int) -> str:
+        if status == 404:
+            return f" (check --base-url {self.base_url} and the model name '{self.model}')"
+        if self.__key is None:
+            return (f" (no API key was sent: {DEFAULT_KEY_ENV} goes only to {OPENAI_HOST}; name the "
+                    "variable holding this server's key with --api-key-env)")
+        return f" (check the key in {self._key_env})"
+
+    def _connect_error(self, exc: aiohttp.ClientConnectorError) -> OracleError:
+        """Nothing listening, or no such host, is fatal (the engine decides: only before any success)."""
+        os_error = getattr(exc, "os_error", None)
+        if isinstance(exc, aiohttp.ClientConnectorDNSError) or isinstance(os_error, socket.gaierror):
+            return OracleFatal(f"cannot resolve the host {self._endpoint.host} of {self.base_url} "
+                               "(DNS failure): check --base-url", kind="connection_refused")
+        if isinstance(os_error, ConnectionRefusedError) \
+                or getattr(os_error, "errno", None) == errno.ECONNREFUSED:
+            return OracleFatal(f"connection refused: nothing is listening at {self.base_url}; start the "
+                               "server or check --base-url", kind="connection_refused")
+        detail = self._shown(str(getattr(os_error, "strerror", None) or os_error or ""))[:200]
+        return OracleUnavailable(f"connection failed: {type(exc).__name__}{f' ({detail})' if detail else ''}",
+                                 kind="connection")
 
     async def aclose(self) -> None:
         if self._session is not None and self._owns_session and not self._session.closed:

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +53,15 @@ def approx_tokens(text: str, model: str = "") -> int:
     if encoding is not None:
         return len(encoding.encode(text, disallowed_special=()))
     return (len(text) + 3) // 4
+
+
+#: Tokens the chat format adds around each message, and to prime the reply (OpenAI's cookbook figures
+#: for its chat models; close enough for any chat template when a server sends no counts).
+MESSAGE_OVERHEAD = 3
+REPLY_OVERHEAD = 3
+
+
+def chat_prompt_tokens(contents: Iterable[str], count: Callable[[str], int]) -> int:
+    """An estimate of a chat prompt's tokens: ``count`` over each message plus the format's overhead."""
+    texts = list(contents)
+    return sum(count(text) + MESSAGE_OVERHEAD for text in texts) + REPLY_OVERHEAD

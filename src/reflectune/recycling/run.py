@@ -20,15 +20,17 @@ from typing import Any
 from reflectune.config import RecycleConfig
 from reflectune.contracts import VARIANTS_FILE
 from reflectune.engine.runner import EngineStats
-from reflectune.engine.stage import open_stage
+from reflectune.engine.stage import RunOutcome, open_stage
 from reflectune.errors import ConfigError, DataError
-from reflectune.io import DatasetWriter, RejectSink, detect_format, output_format, read_samples
+from reflectune.io import DatasetWriter, RejectSink, output_format, read_samples
+from reflectune.io.atomic import same_file
+from reflectune.io.readers import InputFile, open_input
 from reflectune.oracles import make_oracle
 from reflectune.oracles.pricing import with_overrides
 from reflectune.prompts.render import INSTRUCTION, MERGE, RESPONSE, RESPONSE_INPUT, load_template, render
 from reflectune.recycling.reflector import RecycleProgress, Reflector, run_samples
 from reflectune.recycling.rules import SampleResult, chosen_texts, default_output_name, output_columns
-from reflectune.store.rundir import default_run_dir
+from reflectune.store.rundir import default_run_dir, read_manifest
 
 TICK_SECONDS = 0.5
 MANIFEST_SECONDS = 5.0
@@ -49,9 +51,11 @@ class RecycleSummary:
     elapsed_s: float
     rejects: Path | None = None
     examples: list[dict[str, Any]] = field(default_factory=list)
+    #: the one exit rule's verdict: calls still failed (by reason) and the variants it reflected
+    outcome: RunOutcome = field(default_factory=RunOutcome)
 
 
-def _samples(path: Path, config: RecycleConfig, rejects: RejectSink | None):
+def _samples(path: InputFile, config: RecycleConfig, rejects: RejectSink | None):
     stream = read_samples(path, fields=config.fields or None, on_bad_record=config.on_bad_record,
                           rejects=rejects)
     for count, sample in enumerate(stream, start=1):
@@ -70,7 +74,18 @@ class _Counter:
         self.count += 1
 
 
-def _validate(path: Path, config: RecycleConfig) -> tuple[int, int]:
+def _check_same_input(folder: Path, origin: str) -> None:
+    """A run folder belongs to one input: resuming it with another would mix two datasets' rows."""
+    recorded = (read_manifest(folder).get("recycle") or {}).get("input") or {}
+    before = recorded.get("path")
+    if not before or origin == "-" or before == "-":
+        return
+    if Path(before).resolve() != Path(origin).resolve():
+        raise ConfigError(f"{folder} is the run folder of {before}, not of {origin}: pass another --run-dir "
+                          "(or move that folder away) to recycle this input")
+
+
+def _validate(path: InputFile, config: RecycleConfig) -> tuple[int, int]:
     """Read the whole input once: bad input fails here, before anything is paid for."""
     counter = _Counter()
     rows = sum(1 for _ in _samples(path, config, counter))  # type: ignore[arg-type,misc]
@@ -81,11 +96,16 @@ def _validate(path: Path, config: RecycleConfig) -> tuple[int, int]:
 
 def recycle(input: str | os.PathLike[str], output: str | os.PathLike[str] | None = None, *,
             config: RecycleConfig | None = None, run_dir: str | os.PathLike[str] | None = None,
-            on_tick: Ticker | None = None, session: Any = None) -> RecycleSummary:
+            on_tick: Ticker | None = None, session: Any = None,
+            input_format: str | None = None) -> RecycleSummary:
     """Reflect every pair of ``input`` with the oracle; write the V1 "Recycled" dataset.
 
     Args:
-        input: Alpaca JSON, JSONL, ShareGPT, Parquet, CSV or a ``save_to_disk`` folder.
+        input: Alpaca JSON, JSONL, ShareGPT, Parquet, CSV or a ``save_to_disk`` folder (gzip, bz2 or
+            xz compressed json/jsonl/csv too); ``-`` is standard input, which needs ``input_format``.
+            Standard input and named pipes are copied once to a temporary file (``TMPDIR``), since
+            the input is read twice (a validating pass first).
+        input_format: json | jsonl | csv | parquet | hf_disk instead of detecting it.
         output: where the recycled dataset goes (default ``RUN_DIR/recycled.<input format>``).
         config: oracle, sampling, engine limits, phases (defaults: embedded oracle, both phases).
         run_dir: the run folder; rerunning with the same folder resumes.
@@ -101,26 +121,36 @@ def recycle(input: str | os.PathLike[str], output: str | os.PathLike[str] | None
                           config=RecycleConfig(oracle=OracleConfig(spec="openai:gpt-4o-mini")))
     """
     return asyncio.run(arecycle(input, output, config=config, run_dir=run_dir, on_tick=on_tick,
-                                session=session))
+                                session=session, input_format=input_format))
 
 
 async def arecycle(input: str | os.PathLike[str], output: str | os.PathLike[str] | None = None, *,
                    config: RecycleConfig | None = None, run_dir: str | os.PathLike[str] | None = None,
-                   on_tick: Ticker | None = None, session: Any = None) -> RecycleSummary:
+                   on_tick: Ticker | None = None, session: Any = None,
+                   input_format: str | None = None) -> RecycleSummary:
     config = config or RecycleConfig()
-    src = Path(input)
-    if not src.exists():
-        raise DataError("no such file or folder", path=str(src))
-    in_fmt = detect_format(src)
-    folder = Path(run_dir) if run_dir else default_run_dir(src, config.oracle.spec)
+    with open_input(input, fmt=input_format) as source:  # standard input and pipes: copied once
+        return await _arecycle(source, output, config, run_dir, on_tick, session)
+
+
+async def _arecycle(source: InputFile, output: str | os.PathLike[str] | None, config: RecycleConfig,
+                    run_dir: str | os.PathLike[str] | None, on_tick: Ticker | None,
+                    session: Any) -> RecycleSummary:
+    src, in_fmt = source.path, source.fmt
+    identity = None if source.origin == "-" else str(Path(source.origin).resolve())
+    folder = Path(run_dir) if run_dir else default_run_dir(source.like, config.oracle.spec, identity=identity)
+    _check_same_input(folder, source.origin)
     started = time.monotonic()
-    out_path = Path(output) if output else folder / default_output_name(src, config.output_format)
+    out_path = Path(output) if output else folder / default_output_name(source.like, config.output_format)
+    if source.origin != "-" and same_file(out_path, src):
+        raise ConfigError(f"-o {out_path} is the input: the recycled dataset would overwrite its source; "
+                          "write it elsewhere")
     out_fmt = config.output_format or (output_format(out_path) if output else in_fmt)
-    total, invalid = _validate(src, config)
+    total, invalid = _validate(source, config)
     async with open_stage("recycle", folder, config.oracle, config.engine, session=session) as stage:
         engine = stage.engine
         stage.manifest = {
-            "status": "running", "input": {"path": str(src.resolve()), "format": in_fmt,
+            "status": "running", "input": {"path": source.origin, "format": in_fmt,
                                            "fields": dict(config.fields)},
             "output": {"path": str(out_path.resolve()), "format": out_fmt},
             "config": config.model_dump(mode="json"), "config_hash": config.config_hash(),
@@ -171,7 +201,7 @@ async def arecycle(input: str | os.PathLike[str], output: str | os.PathLike[str]
                         examples.append(result.variants_line())
 
                 window = max(16, 2 * engine.concurrency)
-                await run_samples(Reflector(engine, config), _samples(src, config, rejects),
+                await run_samples(Reflector(engine, config), _samples(source, config, rejects),
                                   on_result=on_result, window=window, progress=progress)
         finally:
             ticker.cancel()
@@ -179,14 +209,18 @@ async def arecycle(input: str | os.PathLike[str], output: str | os.PathLike[str]
                 rejects.close()
         if on_tick:
             on_tick(progress, engine.stats)
-        stage.write("complete")
+        reflected = sum(n for key, n in progress.variant_status.items()
+                        if key.endswith(":ok") and not key.startswith("ori:"))
+        outcome = stage.outcome(reflected, "reflected variants")
+        stage.write("complete", outcome=outcome.as_dict())
         stats = engine.stats.as_dict() | {"cost_usd": engine.stats.cost if known_price else None}
     return RecycleSummary(
         run_dir=folder, output=out_path, variants=folder / VARIANTS_FILE, rows=progress.done,
         passthrough=progress.passthrough, rejected=rejects.count if rejects else 0,
         chosen=dict(progress.chosen), variant_status=dict(sorted(progress.variant_status.items())),
         stats=stats, elapsed_s=time.monotonic() - started,
-        rejects=folder / "rejects.jsonl" if rejects and rejects.count else None, examples=examples)
+        rejects=folder / "rejects.jsonl" if rejects and rejects.count else None, examples=examples,
+        outcome=outcome)
 
 
 @dataclass
@@ -209,15 +243,18 @@ EXPECTED_REFLECTION_TOKENS = 600  # typical length of critique + rewrite from GP
 EXPECTED_MERGE_TOKENS = 60
 
 
-def estimate(input: str | os.PathLike[str], *, config: RecycleConfig | None = None) -> Estimate:
+def estimate(input: str | os.PathLike[str], *, config: RecycleConfig | None = None,
+             input_format: str | None = None) -> Estimate:
     """Count calls and tokens a recycle run would spend, calling nothing.
 
     QA prompts depend on Q's answer, so they are estimated from the expected Q length.
     """
     config = config or RecycleConfig()
-    src = Path(input)
-    if not src.exists():
-        raise DataError("no such file or folder", path=str(src))
+    with open_input(input, fmt=input_format) as src:
+        return _estimate(src, config)
+
+
+def _estimate(src: InputFile, config: RecycleConfig) -> Estimate:
     oracle = make_oracle(config.oracle)
     count = oracle.count_tokens
     max_tokens = config.sampling.max_tokens or 2048

@@ -134,7 +134,7 @@ def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None
     else:
         in_path, in_fmt, in_fields = src, (score_section.get("input") or {}).get("format", fmt), fields
 
-    with RunFolder(folder) as run:
+    with RunFolder(folder, check_calls=False) as run:  # no oracle call: its store may be new
         # 1. Apply the rule to every sample (no texts held).
         choices: list[Choice] = []
         ids: list[str] = []

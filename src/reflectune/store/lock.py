@@ -7,6 +7,7 @@ naming the holder.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
@@ -36,17 +37,22 @@ class RunLock:
             fh.close()
             raise StoreError(f"{self.path.parent} is in use by {holder}; wait for it to finish "
                              "or use another --run-dir") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"reflectune pid {os.getpid()}")
-        fh.flush()
+        except OSError as exc:  # no locks on this filesystem
+            fh.close()
+            raise StoreError(f"{self.path}: cannot lock the run folder ({exc.strerror or exc})") from None
+        with contextlib.suppress(OSError):  # disk full: the lock is held, only its note is lost
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"reflectune pid {os.getpid()}")
+            fh.flush()
         self._fh = fh
         return self
 
     def release(self) -> None:
         if self._fh is not None:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-            self._fh.close()
+            with contextlib.suppress(OSError):  # a note that could not be flushed
+                self._fh.close()
             self._fh = None
 
     def __enter__(self) -> RunLock:

@@ -16,6 +16,12 @@ Deliberate imperfections, each a deterministic subset chosen by hash:
 - ``judge_malformed_ratio``: judge reviews come back without a score line.
 - ``judge_alt_ratio``: judge score lines in other styles ("8, 9" or "Assistant 1: 8\\nAssistant 2: 9").
 - Some answers contain the word "Endpoint", which a lax parser mistakes for the end marker.
+
+Texts echoed from the prompt keep every marker they quote: an instruction that quotes ``[End]`` or
+``[New Answer]`` comes back quoted inside its section, as a real oracle would write it, so the parser's
+handling of quoted markers is exercised end to end. Only the deliberately bad-format answers defuse
+them (``[End]`` -> ``End``), since they must stay unparseable. The prompt kind is read from the task
+after the prompt's last ``[System]`` header, so quoted markers in the data do not change it.
 """
 
 from __future__ import annotations
@@ -127,17 +133,28 @@ def _prompt_index(messages: Sequence[dict[str, Any]]) -> int:
     return users[-1] if users else len(messages) - 1
 
 
+def _task(text: str) -> str:
+    """The task block of a reflection prompt: after its last ``[System]`` header (all of it if none).
+
+    The data (instruction, input, answer) sits before that header, so a marker it quotes is not read
+    as the prompt's own format.
+    """
+    at = text.rfind("[System]")
+    return text if at < 0 else text[at:]
+
+
 def _kind(messages: Sequence[dict[str, Any]], text: str) -> str:
     system = " ".join(_text(m) for m in messages if m.get("role") == "system")
     if _VERDICT_A in text or _VERDICT_A in system:
         return "pair"
     if JUDGE_ANSWER_1 in text:
         return "judge"
-    if MERGED_INSTRUCTION in text:
+    task = _task(text)
+    if MERGED_INSTRUCTION in task:
         return "merge"
-    if NEW_INSTRUCTION in text:
+    if NEW_INSTRUCTION in task:
         return "instruction"
-    if BETTER_ANSWER in text:
+    if BETTER_ANSWER in task:
         return "response"
     return "generic"
 
@@ -183,11 +200,16 @@ def _section(text: str, start: str, ends: Sequence[str]) -> str:
 
 
 def _clean(text: str, limit: int = 1200) -> str:
-    """Defuse marker strings echoed from the prompt and bound the length."""
+    """Bound the length of a text echoed from the prompt; markers it quotes are kept."""
+    return text[:limit].strip()
+
+
+def _defuse(text: str) -> str:
+    """Unbracket every marker (``[End]`` -> ``End``): a bad-format answer must stay unparseable."""
     if "[" in text:
         for marker in (*SECTION_MARKERS, END):
             text = text.replace(marker, marker.strip("[]"))
-    return text[:limit].strip()
+    return text
 
 
 def _pair_parts(text: str) -> tuple[str, str, str]:
@@ -231,7 +253,7 @@ def _instruction_reflection(key: str, text: str, bad: bool) -> str:
     new_answer = _elaborate(key, new_instruction, answer)
     critique = _critique(key, "instruction")
     if bad:
-        return f"{critique}\n\nNew instruction: {new_instruction}\n\nNew answer: {new_answer}\n"
+        return _defuse(f"{critique}\n\nNew instruction: {new_instruction}\n\nNew answer: {new_answer}\n")
     return f"{critique}\n\n{NEW_INSTRUCTION}\n{new_instruction}\n{END}\n\n{NEW_ANSWER}\n{new_answer}\n{END}\n"
 
 
@@ -240,7 +262,7 @@ def _response_reflection(key: str, text: str, bad: bool) -> str:
     better = _elaborate(key, instruction, answer)
     critique = _critique(key, "answer")
     if bad:
-        return f"{critique}\n\nImproved answer: {better}\n"
+        return _defuse(f"{critique}\n\nImproved answer: {better}\n")
     return f"{critique}\n\n{BETTER_ANSWER}\n{better}\n{END}\n"
 
 
@@ -248,7 +270,7 @@ def _merge(key: str, text: str, bad: bool) -> str:
     instruction, inp, _ = _pair_parts(text)
     merged = f"{instruction.rstrip()} Use the following input: {inp}" if inp else instruction
     if bad:
-        return f"Merged version: {merged}\n"
+        return _defuse(f"Merged version: {merged}\n")
     return f"{MERGED_INSTRUCTION}\n{merged}\n{END}\n"
 
 

@@ -5,11 +5,17 @@ reflectune talks to oracles only over HTTP, so its tests, demo and benchmarks ne
 break in production. This server answers from :mod:`reflectune.testing.responder` (a pure function of
 the messages, so reruns give identical bytes) and can misbehave on purpose: HTTP errors, dropped
 connections, hangs, truncated JSON, empty or cut-off answers, slow bodies and its own rate limit.
+Hostile modes (``HOSTILE_MODES``) send what a broken proxy or an unfamiliar server sends: usage as
+strings, a list, negative or missing; content as a list of parts or a number; bytes that are not
+UTF-8; an HTML page or an error object with status 200; a body of ``huge_mb`` MiB (with or without a
+Content-Length); a redirect; ``Retry-After: soon``; no quota; a 401; a 404.
 
 Faults are decided per request by an RNG seeded with (seed, messages hash, attempt number), and only
 for the first ``fault_attempts`` attempts of a given request, so a retrying client always gets through
 and a test can check that every row is accounted for. ``GET /stats`` counts what was served;
-``by_key`` proves that no usable answer was fetched twice.
+``by_key`` proves that no usable answer was fetched twice. ``authorization`` says whether each chat
+request carried an ``Authorization`` header (counts, and a sha256 prefix of its credentials: never
+the value), and ``headers`` counts the header names received, so a test can check no key was sent.
 
 It runs in its own process (:func:`running_server`) so that its CPU is not billed to the client being
 measured. Handlers are kept light (stdlib json, an LRU of answers, no access log) to sustain thousands
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -47,6 +54,7 @@ from reflectune.testing.responder import CREATED, apply_limits, completion_body,
 
 __all__ = [
     "FAULT_MODES",
+    "HOSTILE_MODES",
     "MIX_MODES",
     "ServerHandle",
     "ServerOptions",
@@ -63,6 +71,15 @@ FAULT_MODES = (
 #: What ``mix`` draws from: the transient faults a retrying client must survive. ``timeout`` is left
 #: out so a mix never stalls a suite for a whole client timeout; name it explicitly to get it.
 MIX_MODES = ("429", "429_noretry", "500", "502", "503", "reset", "malformed", "trickle")
+#: Responses of the wrong shape, size or route, also chosen with ``--faults`` (never drawn by ``mix``).
+HOSTILE_MODES = (
+    "usage_strings", "usage_list", "usage_missing", "usage_negative", "content_parts", "content_int",
+    "bad_utf8", "html_200", "error_200", "huge", "huge_chunked", "redirect", "retry_after_garbage",
+    "quota", "auth", "not_found",
+)  # fmt: skip
+#: Hostile modes whose answer is still usable (a client that copes gets the normal content).
+_USABLE_HOSTILE = ("usage_strings", "usage_list", "usage_missing", "usage_negative", "content_parts")
+_HUGE_CHUNK = 64 << 10
 _HANG_S = 3600.0
 _TRICKLE_S = 0.5
 _CACHE_SIZE = 8192
@@ -83,6 +100,12 @@ class ServerOptions:
     judge_malformed_ratio: float = 0.0
     judge_alt_ratio: float = 0.2
     model: str = "reflectune-test"
+    huge_mb: float = 10.0  # size of the body the huge modes send, in MiB
+    redirect_status: int = 301  # the status the redirect mode answers with (301, 302, 307, 308)
+
+
+#: largest request body the server reads (aiohttp's default is 1 MiB)
+MAX_REQUEST_BYTES = 64 * 2**20
 
 
 def parse_faults(spec: str | None) -> tuple[tuple[str, float], ...]:
@@ -93,8 +116,9 @@ def parse_faults(spec: str | None) -> tuple[tuple[str, float], ...]:
         if not item:
             continue
         mode, _, rate = item.partition(":")
-        if mode not in FAULT_MODES:
-            raise ValueError(f"unknown fault mode {mode!r}; known: {', '.join(FAULT_MODES)}")
+        if mode not in FAULT_MODES and mode not in HOSTILE_MODES:
+            known = ", ".join(FAULT_MODES + HOSTILE_MODES)
+            raise ValueError(f"unknown fault mode {mode!r}; known: {known}")
         value = float(rate) if rate else 1.0
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"fault rate must be in [0, 1], got {value}")
@@ -135,6 +159,8 @@ class _State:
         self.max_in_flight = self.in_flight
         self.attempts: dict[str, int] = {}
         self.window: deque[float] = deque()
+        self.authorization: dict[str, Any] = {"present": 0, "absent": 0, "sha256": {}}
+        self.headers: dict[str, int] = {}
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -144,8 +170,23 @@ class _State:
             "faults": dict(self.fault_counts),
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
-            "options": asdict(self.options),
+            "authorization": {**self.authorization, "sha256": dict(self.authorization["sha256"])},
+            "headers": dict(self.headers),
+            "options": asdict(self.options) | ({"require_key": "***"} if self.options.require_key else {}),
         }
+
+    def record_headers(self, request: web.BaseRequest) -> None:
+        """Count the header names and whether an Authorization came; of its value only a hash prefix."""
+        for name in {h.lower() for h in request.headers}:
+            self.headers[name] = self.headers.get(name, 0) + 1
+        value = request.headers.get("Authorization")
+        if value is None:
+            self.authorization["absent"] += 1
+            return
+        self.authorization["present"] += 1
+        credentials = value.partition(" ")[2] or value  # "Bearer KEY" -> sha256(KEY)
+        digest = hashlib.sha256(credentials.encode()).hexdigest()[:12]
+        self.authorization["sha256"][digest] = self.authorization["sha256"].get(digest, 0) + 1
 
     def count_fault(self, mode: str) -> None:
         self.fault_counts[mode] = self.fault_counts.get(mode, 0) + 1
@@ -200,7 +241,10 @@ class _State:
             cut = content.rfind(END)
             content, finish = content[: cut - 8 if cut > 8 else len(content) // 2], "length"
         prompt_chars = sum(len(m["content"]) for m in messages if isinstance(m.get("content"), str))
-        out = self.cache[ck] = completion_body(key, model, content, finish, prompt_chars)
+        out = completion_body(key, model, content, finish, prompt_chars)
+        if fault in _BODY_FAULTS:
+            out = _BODY_FAULTS[fault](out)
+        self.cache[ck] = out
         if len(self.cache) > _CACHE_SIZE:
             self.cache.popitem(last=False)
         return out
@@ -254,6 +298,7 @@ async def _chat(request: web.BaseRequest, st: _State) -> web.StreamResponse:
 
 async def _chat_inner(request: web.BaseRequest, st: _State) -> web.StreamResponse:
     o = st.options
+    st.record_headers(request)
     # 1. gatekeeping: key, then the server's own rate limit
     if o.require_key is not None and request.headers.get("Authorization") != f"Bearer {o.require_key}":
         st.count_fault("auth")
@@ -281,12 +326,16 @@ async def _chat_inner(request: web.BaseRequest, st: _State) -> web.StreamRespons
     if fault is not None:
         st.count_fault(fault)
         early = await _early_fault(request, fault)
+        if early is None and fault in HOSTILE_MODES:
+            early = await _hostile(request, st, fault, key, body)
         if early is not None:
             return early
     # 4. the answer
     payload = st.payload(key, messages, body, fault)
     if fault == "malformed":
         return web.Response(body=payload[: len(payload) // 2], content_type="application/json")
+    if fault in ("content_int", "bad_utf8"):  # an answer no client can use: not counted in by_key
+        return web.Response(body=payload, content_type="application/json")
     resp = await _send(request, payload, trickle=fault == "trickle")
     st.completed += 1
     if fault not in ("empty", "length"):
@@ -317,6 +366,123 @@ async def _early_fault(request: web.BaseRequest, fault: str) -> web.StreamRespon
         await asyncio.sleep(_HANG_S)  # cancelled when the client leaves (handler_cancellation)
         return _error(504, "Injected hang elapsed.", "server_error")
     return None
+
+
+def _with_json(change: Callable[[dict[str, Any]], None]) -> Callable[[bytes], bytes]:
+    def apply(payload: bytes) -> bytes:
+        body = json.loads(payload)
+        change(body)
+        return json.dumps(body).encode()
+
+    return apply
+
+
+def _usage(value: Any) -> Callable[[dict[str, Any]], None]:
+    def change(body: dict[str, Any]) -> None:
+        if value is None:
+            del body["usage"]
+        else:
+            body["usage"] = value(body["usage"]) if callable(value) else value
+
+    return change
+
+
+def _content(make: Callable[[str], Any]) -> Callable[[dict[str, Any]], None]:
+    def change(body: dict[str, Any]) -> None:
+        message = body["choices"][0]["message"]
+        message["content"] = make(message["content"])
+
+    return change
+
+
+def _parts(text: str) -> list[dict[str, Any]]:
+    """The answer as content parts: two text parts around an image part a client must ignore."""
+    half = len(text) // 2
+    return [
+        {"type": "text", "text": text[:half]},
+        {"type": "image_url", "image_url": {"url": "https://example.invalid/cat.png"}},
+        {"type": "output_text", "text": text[half:]},
+    ]
+
+
+def _bad_utf8(payload: bytes) -> bytes:
+    """Valid JSON but for two bytes that are not UTF-8 at the start of the content."""
+    return payload.replace(b'"content": "', b'"content": "\xff\xfe', 1)
+
+
+_BODY_FAULTS: dict[str, Callable[[bytes], bytes]] = {
+    "usage_strings": _with_json(_usage(lambda u: {k: str(v) for k, v in u.items()})),
+    "usage_list": _with_json(_usage(lambda u: [u["prompt_tokens"], u["completion_tokens"]])),
+    "usage_missing": _with_json(_usage(None)),
+    "usage_negative": _with_json(_usage({"prompt_tokens": -5, "completion_tokens": -1, "total_tokens": -6})),
+    "content_parts": _with_json(_content(_parts)),
+    "content_int": _with_json(_content(lambda _: 42)),
+    "bad_utf8": _bad_utf8,
+}
+_HTML = (
+    "<!DOCTYPE html><html><head><title>Sign in to continue</title></head><body><h1>Network login"
+    "</h1><p>Sign in to the guest network to reach the internet.</p></body></html>"
+)
+_HOSTILE_STATUS = {  # mode -> (status, error object, headers)
+    "retry_after_garbage": (429, {"message": "Rate limit reached; retry soon.", "type": "rate_limit_exceeded",
+                                  "code": "rate_limit_exceeded"}, {"Retry-After": "soon"}),
+    "quota": (429, {"message": "You exceeded your current quota", "type": "insufficient_quota",
+                    "code": "insufficient_quota"}, None),
+    "auth": (401, {"message": "Incorrect API key provided.", "type": "invalid_request_error",
+                   "code": "invalid_api_key"}, None),
+    "not_found": (404, {"message": "The model does not exist or you do not have access to it.",
+                        "type": "invalid_request_error", "code": "model_not_found"}, None),
+}
+
+
+async def _hostile(
+    request: web.BaseRequest, st: _State, fault: str, key: str, body: dict[str, Any]
+) -> web.StreamResponse | None:
+    """Answer a hostile mode that replaces the response; None for those that alter the body."""
+    if fault in _HOSTILE_STATUS:
+        status, error, headers = _HOSTILE_STATUS[fault]
+        return web.json_response({"error": {**error, "param": None}}, status=status, headers=headers)
+    if fault == "html_200":
+        return web.Response(text=_HTML, content_type="text/html")
+    if fault == "error_200":
+        message = "The server had an error while processing your request (injected error_200)."
+        return web.json_response({"error": {"message": message, "type": "server_error", "param": None,
+                                            "code": None}})
+    if fault == "redirect":
+        # credentials and a token in the Location, which a client must neither follow nor show
+        where = f"http://redirect-user:redirect-pass@{request.host}/elsewhere/v1/chat/completions"
+        return web.Response(status=st.options.redirect_status,
+                            headers={"Location": f"{where}?token=redirect-token"})
+    if fault in ("huge", "huge_chunked"):
+        return await _huge(request, st, key, body, chunked=fault == "huge_chunked")
+    return None
+
+
+async def _huge(
+    request: web.BaseRequest, st: _State, key: str, body: dict[str, Any], *, chunked: bool
+) -> web.StreamResponse:
+    """A valid completion of ``huge_mb`` MiB, written in chunks; a client that hangs up ends it."""
+    asked = body.get("model")
+    model = asked if isinstance(asked, str) else st.options.model
+    head, _, tail = completion_body(key, model, "\0", "stop", 0).partition(b"\\u0000")
+    size = max(len(head) + len(tail), int(st.options.huge_mb * (1 << 20)))
+    filler = size - len(head) - len(tail)
+    stream = web.StreamResponse(headers={"Content-Type": "application/json"})
+    if chunked:
+        stream.enable_chunked_encoding()
+    else:
+        stream.content_length = size
+    try:
+        await stream.prepare(request)
+        await stream.write(head)
+        block = b"x" * _HUGE_CHUNK
+        while filler > 0:
+            await stream.write(block[: min(filler, _HUGE_CHUNK)])
+            filler -= _HUGE_CHUNK
+        await stream.write_eof(tail)
+    except (ConnectionError, RuntimeError):  # the client refused the rest and closed the connection
+        pass
+    return stream
 
 
 async def _models(request: web.BaseRequest, st: _State) -> web.Response:
@@ -370,7 +536,15 @@ def build_handler(
 
 
 async def _serve(options: ServerOptions, host: str, port: int) -> None:
-    server = web.Server(build_handler(options), access_log=None, handler_cancellation=True)
+    loop = asyncio.get_running_loop()
+
+    def make_request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+        # real servers take prompts far over aiohttp's 1 MiB default (a 1 MB row is a valid input)
+        return web.BaseRequest(message, payload, protocol, writer, task, loop,
+                               client_max_size=MAX_REQUEST_BYTES)
+
+    server = web.Server(build_handler(options), access_log=None, handler_cancellation=True,
+                        request_factory=make_request)
     runner = web.ServerRunner(server, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True, backlog=4096)
@@ -389,7 +563,9 @@ async def _serve(options: ServerOptions, host: str, port: int) -> None:
 _HELP = {
     "latency": "seconds added to every chat call",
     "jitter": "extra uniform [0, J) seconds",
-    "faults": f"MODE[:RATE],... with MODE in {', '.join(FAULT_MODES)}",
+    "faults": f"MODE[:RATE],... with MODE in {', '.join(FAULT_MODES + HOSTILE_MODES)}",
+    "huge_mb": "MiB sent by the huge and huge_chunked modes",
+    "redirect_status": "status of the redirect mode (301, 302, 307, 308)",
     "fault_attempts": "faults fire only on the first K attempts of a request",
     "rpm": "server-enforced requests per minute (0: none)",
     "require_key": "answer 401 unless 'Authorization: Bearer KEY'",
@@ -476,12 +652,13 @@ def _read_port(process: subprocess.Popen[str], timeout: float) -> int:
 
 @contextlib.contextmanager
 def running_server(
-    *, host: str = "127.0.0.1", startup_timeout: float = 20.0, **options: Any
+    *, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 20.0, **options: Any
 ) -> Iterator[ServerHandle]:
     """Run the server in a subprocess for the duration of a ``with`` block.
 
     Args:
         host: interface to bind (loopback by default).
+        port: the port to listen on (0: a free one; the handle's ``port`` says which).
         startup_timeout: seconds to wait for the ``PORT`` line.
         **options: any :class:`ServerOptions` field, e.g. ``latency=0.1, faults="429:0.5"``.
 
@@ -490,7 +667,7 @@ def running_server(
         ...     client = OpenAI(base_url=srv.base_url)
     """
     _coerce(options)
-    cmd = [sys.executable, "-m", "reflectune.testing.server", "--host", host, "--port", "0"]
+    cmd = [sys.executable, "-m", "reflectune.testing.server", "--host", host, "--port", str(port)]
     for name, value in options.items():
         if value is not None:
             cmd += [f"--{name.replace('_', '-')}", str(value)]
