@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from reflectune.cli.display import progress_table, summary_table
+from reflectune.cli.display import finish, progress_table, summary_table
 from reflectune.config import EngineConfig, OracleConfig, RecycleConfig, SamplingConfig
 
 DEMO_FILE = "demo_alpaca20.json"
@@ -77,6 +77,7 @@ def demo_command(
     console.print(f"output:   {summary.output}\nvariants: {summary.variants}\nrun:      {summary.run_dir}")
     console.print("A 135M model makes a weak oracle: point --oracle at a strong one for real data, "
                   "e.g. `reflectune recycle data.json --oracle openai:gpt-4o-mini`.")
+    finish(console, summary.outcome)
 
 
 def register(app: typer.Typer) -> None:

@@ -86,13 +86,13 @@ def finish(console: Console, outcome: Any) -> None:
         console.print(f"[red]{outcome.failed_calls:,} call(s) failed[/red]; the rows they belong to keep "
                       "their original text or an error field:")
         for kind, (count, example) in outcome.failures.items():
-            console.print(f"  {count:,} x {kind}: {example}")
+            console.print(f"  {count:,} x {kind}: {example}", soft_wrap=True, markup=False)
         if outcome.needs_retry_failed:
             console.print("some failures are final (the same request fails the same way); "
-                          f"to ask them again: {retry_command(True)}")
+                          f"to ask them again: {retry_command(True)}", soft_wrap=True)
         else:
             console.print("fix the cause, then rerun (the failed calls are asked again): "
-                          f"{retry_command(False)}")
+                          f"{retry_command(False)}", soft_wrap=True)  # one line, to copy whole
     if not outcome.produced:
         console.print(f"[red]nothing was produced[/red] (0 {outcome.unit})")
     raise typer.Exit(outcome.exit_code)
