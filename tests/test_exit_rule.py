@@ -144,3 +144,17 @@ def test_an_output_that_is_the_input_is_refused_and_the_input_kept(source: Path,
                        str(tmp_path / "r"), "-q")
         assert proc.returncode == 2 and "is the input" in proc.stderr, proc.stderr
     assert source.read_bytes() == before
+
+
+@pytest.mark.parametrize("mode", ["usage_strings", "usage_list", "usage_missing", "usage_negative",
+                                  "content_parts", "content_int", "bad_utf8", "html_200", "huge"])
+def test_no_response_shape_crashes_a_run_or_is_paid_twice(source: Path, tmp_path: Path, mode: str) -> None:
+    """Every odd 200 is an answer or a recorded failure; a rerun asks the server nothing new for it."""
+    with running_server(faults=mode, fault_attempts=100, huge_mb=3) as server:
+        first = _recycle(source, tmp_path, server.base_url, "--max-attempts", "1")
+        sent = server.stats()["requests"]
+        again = _recycle(source, tmp_path, server.base_url, "--max-attempts", "1")
+        resent = server.stats()["requests"] - sent
+    for proc in (first, again):
+        assert "Traceback" not in proc.stderr and proc.returncode in (0, 1), proc.stderr
+    assert sent == ROWS and resent == 0, f"{resent} paid calls were made again on the rerun"

@@ -113,7 +113,9 @@ class OracleRejected(OracleError):
 
 
 #: Failure kinds that are deterministic: the same request would fail the same way again.
-FINAL_KINDS = frozenset({"context_length", "content_filter", "rejected", "over_context"})
+FINAL_KINDS = frozenset({"context_length", "content_filter", "rejected", "over_context",
+                         # the server answered, with something no retry of the same request fixes
+                         "invalid_response", "too_large"})
 #: 4xx statuses that say nothing about the request itself (auth, route, timeout, rate): not final.
 _TRANSIENT_4XX = frozenset({401, 403, 404, 408, 409, 425, 429})
 
