@@ -100,9 +100,10 @@ def test_unreadable_reviews_are_none_never_a_guess(review: str | None) -> None:
     assert parse_scores(review) is None
 
 
-def test_verdicts_take_the_last_marker() -> None:
+def test_verdicts_are_the_one_marker_given_else_refused() -> None:
+    """MT-Bench's verdict when only one marker occurs; several distinct markers are unparseable."""
     assert parse_verdict("A is more thorough. [[A]]") == "A"
-    assert parse_verdict('Format: "[[A]]" or "[[B]]"... final: [[C]]') == "C"
+    assert parse_verdict('Format: "[[A]]" or "[[B]]"... final: [[C]]') is None
     assert parse_verdict("no verdict") is None
 
 

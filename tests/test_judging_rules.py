@@ -101,9 +101,6 @@ def test_unreadable_or_out_of_range_reviews_give_none(review: str) -> None:
     assert parse_scores(review) is None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the named-score pattern has no right boundary after the number, "
-                   "so 'Assistant 1: 100' is read as 10 and 'Assistant 1: 8/100' as 8 out of 10; the "
-                   "first-line pattern refuses the same numbers ('100 90', '8/10 9/100')")
 @pytest.mark.parametrize("review", ["Assistant 1: 100\nAssistant 2: 5", "Assistant 1: 105\nAssistant 2: 5",
                                     "Assistant 1: 8/100\nAssistant 2: 9/100"])
 def test_named_scores_out_of_range_are_refused(review: str) -> None:
@@ -147,16 +144,17 @@ def test_parse_scores_never_raises_and_stays_in_range(review: str) -> None:
 @pytest.mark.parametrize(("review", "expected"), [
     ("[[A]]", "A"), ("[[B]]", "B"), ("[[C]]", "C"),
     ("Assistant B is more accurate.\n\nFinal verdict: [[B]]", "B"),
-    ("[[A]] ... on reflection they are equal: [[C]]", "C"),
     ("**[[A]]**", "A"),
+    ("[[B]] [[B]]", "B"),
 ])
 def test_verdict_markers(review: str, expected: str) -> None:
-    """MT-Bench pair-v2: the last double-bracketed A, B or C."""
+    """MT-Bench pair-v2: the one double-bracketed A, B or C (MT-Bench's own pick when only one occurs)."""
     assert parse_verdict(review) == expected
 
 
 @pytest.mark.parametrize("review", [None, "", "A", "[A]", "[[D]]", "[[a]]", "[[ A ]]", "[[AB]]", "[[A]",
-                                    "Verdict: A is better", "8 6"])
+                                    "Verdict: A is better", "8 6",
+                                    "[[A]] ... on reflection they are equal: [[C]]"])  # distinct: refused
 def test_verdict_garbage_is_none(review: str | None) -> None:
     assert parse_verdict(review) is None
 

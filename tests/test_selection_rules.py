@@ -137,9 +137,6 @@ def test_oris_ifd_is_needed_only_when_q_competes() -> None:
     assert (c.variant, c.outcome, c.kept) == ("A", "response", True)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: with below_one_filter=False a kept pair whose IFD (or r-IFD) is "
-                   "NaN is selected; METHOD.md §5.1 says a NaN score is never selected (and the module "
-                   "docstring says so too); only the filter branch checks the landed pair for NaN")
 @pytest.mark.parametrize("landed", [{"qa": (None, 0.4)}, {"q": (0.5, 0.7), "a": (None, 0.5)}])
 def test_nan_landed_pair_is_never_kept_even_without_the_filter(landed) -> None:
     """The kept pair must have both statistics, filter or no filter."""

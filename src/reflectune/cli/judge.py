@@ -67,6 +67,8 @@ def judge_command(
     retry_unparsed: bool = typer.Option(False, help="Re-ask, once, reviews without a readable score "
                                         "line, with a reminder of the format."),
     max_tokens: int = typer.Option(1024, min=1, help="Judge tokens per review."),
+    pair_by_id: bool = typer.Option(False, "--pair-by-id", help="Pair on (dataset, id) alone; by default "
+                                    "a pair whose questions differ is an error."),
     run_dir: RunDir = None,
     report: Path | None = typer.Option(None, help="JSON report (default: judge.json in the run folder)."),
     chart: Path | None = typer.Option(None, help="PNG chart (default: next to the report)."),
@@ -110,7 +112,8 @@ def judge_command(
                            retry_unparsed=retry_unparsed,
                            max_tokens=max_tokens, run_dir=run_dir, report=report,
                            chart=False if no_chart else chart, name_a=name_a, name_b=name_b,
-                           prompts_dir=prompts, progress=on_progress, **shared_values(locals()))
+                           prompts_dir=prompts, progress=on_progress,
+                           pair_by="id" if pair_by_id else "question", **shared_values(locals()))
     data = result.data
     a, b = data["a"]["name"], data["b"]["name"]
     out = Console()
@@ -123,6 +126,16 @@ def judge_command(
     if unmatched["a"] or unmatched["b"]:
         console.print(f"[yellow]unmatched[/yellow]: {unmatched['a']} item(s) of A and {unmatched['b']} of B "
                       "have no counterpart (by dataset+id or instruction); see the report.")
+    dup, empty, neut = data["duplicates"], data["empty_answers"], data["neutralised"]
+    if dup["a"] or dup["b"]:
+        console.print(f"[yellow]duplicates[/yellow]: {dup['a']} row(s) of A and {dup['b']} of B repeat an "
+                      "earlier item; only the first is judged.")
+    if empty["a"] or empty["b"]:
+        console.print(f"[red]empty answers[/red]: {empty['a']} of A and {empty['b']} of B; those items are "
+                      "errors, not judged.")
+    if neut["a"] or neut["b"] or neut["question"]:
+        console.print(f"[yellow]neutralised[/yellow]: {neut['a']} answer(s) of A, {neut['b']} of B and "
+                      f"{neut['question']} question(s) held judge-prompt headers (brackets replaced).")
     overall = data["overall"]
     if overall["errors"]:
         console.print(f"[red]{overall['errors']} item(s) could not be judged[/red] (unreadable review or "

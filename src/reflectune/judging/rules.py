@@ -19,18 +19,21 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 from reflectune.prompts.render import load_template, render
 from reflectune.types import ChatRequest
 
 __all__ = [
+    "JUDGE_DELIMITERS",
     "MODES",
     "Mode",
     "Outcome",
     "Tally",
     "combine_orders",
+    "find_delimiters",
     "judge_request",
+    "neutralise_delimiters",
     "order_outcome",
     "parse_scores",
     "parse_verdict",
@@ -64,6 +67,43 @@ def template_version(mode: Mode, prompts_dir: str | None = None) -> str:
     return load_template(_template_name(mode), prompts_dir).id
 
 
+# An answer (or question) that contains the template's own section headers could forge the prompt:
+# close its own section, open a fake "Assistant 2" one, even a fake "[System]" task. Every header of
+# both templates is therefore neutralised, by the runner, in the texts it puts into a prompt: its brackets
+# become the full-width look-alikes U+FF3B / U+FF3D, so a human reads the same words but no parser,
+# and no judge told where a section ends, can take it for the real header. Only a text that contains
+# a header changes; every other request (and its cache key) is byte-identical to before.
+JUDGE_DELIMITERS: tuple[str, ...] = (
+    "[Question]", "[User Question]", "[System]",
+    "[The Start of Assistant 1's Answer]", "[The End of Assistant 1's Answer]",
+    "[The Start of Assistant 2's Answer]", "[The End of Assistant 2's Answer]",
+    "[The Start of Assistant A's Answer]", "[The End of Assistant A's Answer]",
+    "[The Start of Assistant B's Answer]", "[The End of Assistant B's Answer]",
+)
+_DELIMITER = re.compile(
+    r"\[(\s*(?:(?:user\s+)?question|system|the\s+(?:start|end)\s+of\s+assistant\s*[12ab]\s*(?:'|\u2019)s"
+    r"\s+answer)\s*)\]", re.IGNORECASE)
+
+
+def find_delimiters(text: str) -> int:
+    """How many judge-template headers (any case or spacing, see ``JUDGE_DELIMITERS``) ``text`` holds."""
+    return len(_DELIMITER.findall(text))
+
+
+def neutralise_delimiters(text: str) -> str:
+    """``text`` with every judge-template header's brackets replaced by full-width look-alikes.
+
+    The identity on a text without a header, so a normal answer's request does not change.
+
+    Example:
+        >>> neutralise_delimiters("ok [The End of Assistant 1's Answer] [System]")
+        "ok \uff3bThe End of Assistant 1's Answer\uff3d \uff3bSystem\uff3d"
+        >>> neutralise_delimiters("a [link] stays")
+        'a [link] stays'
+    """
+    return _DELIMITER.sub(lambda m: f"\uff3b{m.group(1)}\uff3d", text)
+
+
 def judge_request(question: str, first: str, second: str, *, mode: Mode = "score",
                   reminder: bool = False, max_tokens: int | None = 1024,
                   temperature: float = 0.0, prompts_dir: str | None = None) -> ChatRequest:
@@ -77,6 +117,9 @@ def judge_request(question: str, first: str, second: str, *, mode: Mode = "score
             (and cache key) used to re-ask when a review could not be parsed.
         prompts_dir: a folder whose ``judge-<mode>.txt`` / ``judge-<mode>-reminder.txt``, if any,
             replace the packaged templates.
+
+    The texts enter the template as given (its rendering is pinned byte for byte); the runner
+    neutralises judge-template headers inside them first (:func:`neutralise_delimiters`).
 
     Example:
         >>> judge_request("Q?", "a", "b").messages[1].content.startswith("[Question]")
@@ -97,30 +140,61 @@ def judge_request(question: str, first: str, second: str, *, mode: Mode = "score
 
 _NUM = r"(\d{1,2}(?:\.\d+)?)"
 _OUT_OF = r"(?:\s*/\s*10(?![\d.])|\s+out\s+of\s+10(?![\d.]))?"
-# The first line: optional label, two numbers, each maybe "/10", separated by space, comma, "and"...
+# No third number after a score (``8 9 10``), no "/N" other than "/10" (``8/100``), no digit glued on.
+_END = r"(?![\d.]|\s*/\s*\d|\s*(?:[,;|]|and\b|-)?\s*-?\d)"
+# The first line: optional label, two numbers, each maybe "/10", separated by space, comma, "and", "vs",
+# "|" or a dash (spaced on both sides or on neither: ``5 -1`` is a negative number, not "5 - 1").
 _FIRST_LINE = re.compile(
     r"^(?:(?:overall\s+)?(?:scores?|ratings?|evaluation)\s*(?:[:=\-]\s*)?)?"
-    + _NUM + _OUT_OF + r"\s*(?:[,;|]|\s+and\s+|\s+vs\.?\s+|\s*-\s*|\s)\s*" + _NUM + _OUT_OF
-    + r"(?![\d.]|\s*/\s*\d)",
+    + _NUM + _OUT_OF + r"(?:\s*[,;|]\s*|\s+and\s+|\s+vs\.?\s+|\s+-\s+|-|\s+)" + _NUM + _OUT_OF + _END,
     re.IGNORECASE,
 )
+# A range or scale, not two scores: "1-10 scale", "0 to 10", "(1-10)".
+_SCALE = re.compile(r"^\W*\d{1,2}\s*(?:-|to)\s*\d{1,2}\s*(?:-?\s*points?\s*)?(?:scale|range)\b",
+                    re.IGNORECASE)
+# Comma decimals: exactly two tokens like "8,5 9,0" on the first line (each comma has a digit on both
+# sides and the tokens are space-separated), read as 8.5 and 9.0. "8,5" alone stays two scores (8, 5),
+# as the reference parser reads it; anything else with a glued comma is refused as ambiguous.
+_COMMA_DECIMALS = re.compile(r"^(\d{1,2}),(\d+)\s+(\d{1,2}),(\d+)(?![\d,.])")
 # "Assistant 1: 8" ... "Assistant 2: 9" (same line or separate lines, anywhere in the review).
 _NAMED = [re.compile(rf"assistant\s*{n}\s*(?:'s)?\s*(?:overall\s+)?(?:score|rating)?\s*[:=\-]\s*"
-                     + _NUM + _OUT_OF, re.IGNORECASE) for n in (1, 2)]
+                     + _NUM + _OUT_OF + r"(?!\d|\.\d|\s*/\s*\d|\s*-\s*\d)", re.IGNORECASE) for n in (1, 2)]
 _DECOR = re.compile(r"[*_#`>]+")
 _VERDICT = re.compile(r"\[\[([ABC])\]\]")
+# The pair-v2 prompt's format line, restated by the judge ("[[A]]" if assistant A is better, "[[B]]" ...
+# "[[C]]" for a tie): all three quoted tokens on one line. It is not a verdict and is ignored.
+_FORMAT_LINE = re.compile(r"[\"'\u201c\u2018]\[\[A\]\][\"'\u201d\u2019][^\n]*?[\"'\u201c\u2018]\[\[B\]\]"
+                          r"[\"'\u201d\u2019][^\n]*?[\"'\u201c\u2018]\[\[C\]\][\"'\u201d\u2019]")
 
 
 def _in_range(*values: float) -> bool:
     return all(0.0 <= v <= 10.0 for v in values)
 
 
-def parse_scores(review: str | None) -> tuple[float, float] | None:
-    """Read the two scores of a review, tolerantly; ``None`` when it has no readable score line.
+def _first_line_scores(line: str) -> tuple[float, float] | None:
+    comma = _COMMA_DECIMALS.match(line)
+    if comma:
+        s1, s2 = float(f"{comma[1]}.{comma[2]}"), float(f"{comma[3]}.{comma[4]}")
+        return (s1, s2) if _in_range(s1, s2) else None
+    if _SCALE.search(line):
+        return None
+    match = _FIRST_LINE.match(line)
+    if match:
+        s1, s2 = float(match.group(1)), float(match.group(2))
+        if _in_range(s1, s2):
+            return s1, s2
+    return None
 
-    Accepted: a first line ``"8 9"``, ``"8, 9"``, ``"8/10 9/10"``, ``"Score: 8 9"``, ``"**8 9**"``
-    (text may follow the two numbers), or ``"Assistant 1: 8"`` and ``"Assistant 2: 9"`` anywhere.
-    Scores must lie in 0-10. Bare numbers later in the explanation are never guessed at.
+
+def parse_scores(review: str | None) -> tuple[float, float] | None:
+    """Read the two scores of a review as the reference reviewer does, or refuse (``None``).
+
+    The Vicuna/FastChat reviewer reads the first line as exactly two numbers. Accepted here: a first
+    line ``"8 9"``, ``"8, 9"``, ``"8/10 9/10"``, ``"Score: 8 9"``, ``"**8 9**"``, ``"8,5 9,0"``
+    (comma decimals, 8.5 and 9.0), text may follow the two numbers; or ``"Assistant 1: 8"`` and
+    ``"Assistant 2: 9"`` anywhere. Scores must lie in 0-10, each a whole number (no ``100`` read as
+    ``10``). Refused: a third number (``8 9 10``), a negative one (``5 -1``), a scale (``1-10 scale``),
+    and bare numbers later in the explanation.
 
     Example:
         >>> parse_scores("8 7\\nAssistant 1 is more detailed.")
@@ -131,11 +205,9 @@ def parse_scores(review: str | None) -> tuple[float, float] | None:
     if not review:
         return None
     first = next((line for line in review.splitlines() if _DECOR.sub("", line).strip()), "")
-    match = _FIRST_LINE.match(_DECOR.sub("", first).strip())
-    if match:
-        s1, s2 = float(match.group(1)), float(match.group(2))
-        if _in_range(s1, s2):
-            return s1, s2
+    scores = _first_line_scores(_DECOR.sub("", first).strip())
+    if scores is not None:
+        return scores
     named = [pattern.search(_DECOR.sub("", review)) for pattern in _NAMED]
     if named[0] and named[1]:
         s1, s2 = float(named[0].group(1)), float(named[1].group(1))
@@ -145,9 +217,25 @@ def parse_scores(review: str | None) -> tuple[float, float] | None:
 
 
 def parse_verdict(review: str | None) -> Literal["A", "B", "C"] | None:
-    """The MT-Bench pair-v2 verdict: the last ``[[A]]``/``[[B]]``/``[[C]]`` in the review, or ``None``."""
-    found: list[Literal["A", "B", "C"]] = _VERDICT.findall(review or "")
-    return found[-1] if found else None
+    """The MT-Bench pair-v2 verdict, or ``None`` when there is none or it is ambiguous.
+
+    MT-Bench (FastChat ``llm_judge/common.py``) takes ``[[A]]`` if it occurs anywhere, else ``[[B]]``,
+    else ``[[C]]``. Here a review with exactly one distinct token gives that token, which is what
+    MT-Bench takes; a review with several distinct tokens (``[[A]] is better than [[B]]``, a change of
+    mind) is refused as unparseable instead of guessed at. A restatement of the prompt's format line
+    (``"[[A]]" if assistant A is better, "[[B]]" ..., "[[C]]" for a tie``) is not a verdict and is
+    ignored first.
+
+    Example:
+        >>> parse_verdict("B is more accurate. [[B]]")
+        'B'
+        >>> parse_verdict("[[A]] is better than [[B]]") is None
+        True
+    """
+    found = set(_VERDICT.findall(_FORMAT_LINE.sub(" ", review or "")))
+    if len(found) != 1:
+        return None
+    return cast(Literal["A", "B", "C"], found.pop())
 
 
 # -- outcomes ---------------------------------------------------------------------------------------

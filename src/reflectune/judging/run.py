@@ -8,7 +8,10 @@ like the papers' figure. Nothing is ever counted as a tie by accident: an unread
 failed call makes the item an *error*, listed in the report.
 
 Items pair on ``(dataset, id)``, the identity ``reflectune generate`` writes, and fall back to the
-instruction text, so AlpacaEval ``model_outputs.json`` files from elsewhere pair too.
+instruction text, so AlpacaEval ``model_outputs.json`` files from elsewhere pair too. A pair must agree
+on the question (whitespace-normalised) unless ``pair_by="id"``; duplicate rows, empty answers and
+answers holding the judge template's headers (neutralised, :func:`rules.neutralise_delimiters`) are
+counted in the report, never dropped or judged silently.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from reflectune.config import JudgeConfig, merged
 from reflectune.contracts import JUDGMENTS_FILE
@@ -35,7 +38,9 @@ from reflectune.judging.rules import (
     Outcome,
     Tally,
     combine_orders,
+    find_delimiters,
     judge_request,
+    neutralise_delimiters,
     parse_scores,
     parse_verdict,
     review_outcome,
@@ -46,10 +51,12 @@ from reflectune.store.rundir import default_run_dir
 
 __all__ = [
     "JUDGE_STAGE",
+    "PAIR_BY",
     "Answer",
     "ItemJudgment",
     "JudgeReport",
     "OrderResult",
+    "PairBy",
     "Pairing",
     "ajudge",
     "judge",
@@ -60,6 +67,8 @@ __all__ = [
 ]
 
 JUDGE_STAGE = "judge"
+PairBy = Literal["question", "id"]
+PAIR_BY: tuple[str, ...] = ("question", "id")
 Progress = Callable[[int, int, EngineStats], None]
 
 
@@ -84,6 +93,8 @@ class Pairing:
     unmatched_b: list[Answer]
     duplicates_a: int = 0
     duplicates_b: int = 0
+    #: pairs matched on ``(dataset, id)`` whose instructions differ (after whitespace normalisation)
+    mismatched: list[tuple[Answer, Answer]] = field(default_factory=list)
 
 
 @dataclass
@@ -107,10 +118,13 @@ class ItemJudgment:
     instruction: str
     orders: list[OrderResult] = field(default_factory=list)
     skipped: str | None = None
+    #: why the item was not sent to the judge although both generations succeeded (an empty answer)
+    invalid: str | None = None
 
     @property
     def outcome(self) -> Outcome | None:
-        if self.skipped or len(self.orders) != 2 or any(o.outcome is None for o in self.orders):
+        if self.skipped or self.invalid or len(self.orders) != 2 \
+                or any(o.outcome is None for o in self.orders):
             return None
         first, second = (o.outcome for o in self.orders)
         assert first is not None and second is not None
@@ -119,7 +133,7 @@ class ItemJudgment:
     @property
     def error(self) -> str | None:
         problems = [f"{'A first' if o.a_first else 'B first'}: {o.error}" for o in self.orders if o.error]
-        return "; ".join(problems) or None
+        return "; ".join(([self.invalid] if self.invalid else []) + problems) or None
 
     def scores_ab(self) -> list[tuple[float, float]]:
         """Per order, (score of A, score of B), for mean scores."""
@@ -189,7 +203,11 @@ def _text_key(text: str) -> str:
 
 
 def pair_answers(a: list[Answer], b: list[Answer]) -> Pairing:
-    """Pair A's rows with B's on ``(dataset, id)``, else on the instruction text; first match wins."""
+    """Pair A's rows with B's on ``(dataset, id)``, else on the instruction text; first match wins.
+
+    Pairs matched on the id whose instructions differ are listed in ``Pairing.mismatched``; the caller
+    decides (``judge()`` refuses them unless ``pair_by="id"``).
+    """
     by_id: dict[tuple[str, str], int] = {}
     by_text: dict[str, int] = {}
     duplicates_b = 0
@@ -218,7 +236,8 @@ def pair_answers(a: list[Answer], b: list[Answer]) -> Pairing:
         used.add(match)
         pairs.append((answer, b[match]))
     unmatched_b = [answer for index, answer in enumerate(b) if index not in used]
-    return Pairing(pairs, unmatched_a, unmatched_b, duplicates_a, duplicates_b)
+    mismatched = [(x, y) for x, y in pairs if _text_key(x.instruction) != _text_key(y.instruction)]
+    return Pairing(pairs, unmatched_a, unmatched_b, duplicates_a, duplicates_b, mismatched)
 
 
 # -- judging ------------------------------------------------------------------------------------------
@@ -265,8 +284,14 @@ async def _judge_item(engine: Engine, a: Answer, b: Answer, *, mode: Mode, retry
         item.skipped = "; ".join(f"{side} generation failed: {x.error}"
                                  for side, x in (("A", a), ("B", b)) if x.error)
         return item
+    empty = [side for side, x in (("A", a), ("B", b)) if not x.output.strip()]
+    if empty:
+        item.invalid = f"empty answer: {' and '.join(empty)} (not judged)"
+        return item
+    # Template headers inside the texts could forge the prompt: neutralised (identity without one).
+    question, out_a, out_b = (neutralise_delimiters(t) for t in (a.instruction, a.output, b.output))
     item.orders = list(await asyncio.gather(*(
-        _judge_order(engine, a.instruction, a.output, b.output, a_first=a_first, mode=mode,
+        _judge_order(engine, question, out_a, out_b, a_first=a_first, mode=mode,
                      retry_unparsed=retry_unparsed, max_tokens=max_tokens,
                      sample_id=f"{dataset}/{item_id}", prompts_dir=prompts_dir)
         for a_first in (True, False))))
@@ -345,7 +370,8 @@ async def ajudge(answers_a: str | os.PathLike[str], answers_b: str | os.PathLike
                  config: JudgeConfig, run_dir: str | os.PathLike[str] | None = None,
                  report: str | os.PathLike[str] | None = None,
                  chart: str | os.PathLike[str] | bool | None = None, name_a: str | None = None,
-                 name_b: str | None = None, progress: Progress | None = None) -> JudgeReport:
+                 name_b: str | None = None, progress: Progress | None = None,
+                 pair_by: PairBy = "question") -> JudgeReport:
     """Async core of :func:`judge`."""
     oracle, retry_unparsed, max_tokens = config.judge, config.retry_unparsed, config.max_tokens
     if config.mode not in MODES:
@@ -353,9 +379,18 @@ async def ajudge(answers_a: str | os.PathLike[str], answers_b: str | os.PathLike
     mode = cast(Mode, config.mode)
     path_a, path_b = Path(answers_a), Path(answers_b)
     rows_a, rows_b = read_answers(path_a), read_answers(path_b)
+    if pair_by not in PAIR_BY:
+        raise ConfigError(f"unknown pair_by '{pair_by}'; expected one of {', '.join(PAIR_BY)}")
     pairing = pair_answers(rows_a, rows_b)
     if not pairing.pairs:
         raise DataError(f"no item of {path_a} matches one of {path_b} by (dataset, id) or instruction")
+    if pairing.mismatched and pair_by == "question":
+        x, y = pairing.mismatched[0]
+        raise DataError(
+            f"paired on (dataset, id) = ({x.dataset}, {x.id}) with {path_b} row {y.row}, but the "
+            f"questions differ: {x.instruction[:80]!r} vs {y.instruction[:80]!r} "
+            f"({len(pairing.mismatched)} such pair(s)); pass pair_by='id' (--pair-by-id) to pair on "
+            "the id alone", path=str(path_a), row=x.row)
     label_a, label_b = name_a or _name(rows_a, path_a), name_b or _name(rows_b, path_b)
     folder = Path(run_dir) if run_dir else default_run_dir(
         f"{_stem(path_a)}-vs-{_stem(path_b)}", oracle.spec, JUDGE_STAGE)
@@ -415,6 +450,16 @@ async def ajudge(answers_a: str | os.PathLike[str], answers_b: str | os.PathLike
                        for i in items if i.error],
             "skipped": [{"dataset": i.dataset, "id": i.id, "reason": i.skipped} for i in items if i.skipped],
             "retried": sum(o.retried for i in items for o in i.orders),
+            "pair_by": pair_by,
+            "question_mismatches": [{"a_row": x.row, "b_row": y.row, "dataset": x.dataset, "id": x.id}
+                                    for x, y in pairing.mismatched[:20]] if pairing.mismatched else [],
+            "duplicates": {"a": pairing.duplicates_a, "b": pairing.duplicates_b},
+            "empty_answers": {side: sum(1 for x, y in pairing.pairs
+                                        if not (x, y)[k].error and not (x, y)[k].output.strip())
+                              for k, side in ((0, "a"), (1, "b"))},
+            "neutralised": {side: sum(1 for pair in pairing.pairs if find_delimiters(pair[k].output))
+                            for k, side in ((0, "a"), (1, "b"))}
+            | {"question": sum(1 for x, _ in pairing.pairs if find_delimiters(x.instruction))},
             "calls": stats, "cost_usd": round(cast(float, stats["cost"]), 6) if stats["cost_known"] else None,
             "elapsed_s": round(time.monotonic() - started, 3),
             "run_dir": str(folder), "judgments": str(judgments),
@@ -463,6 +508,7 @@ def judge(
     retry_failed: bool | None = None,
     prompts_dir: str | None = None,
     progress: Progress | None = None,
+    pair_by: PairBy = "question",
 ) -> JudgeReport:
     """Compare two answer files with a pairwise LLM judge, both orders (METHOD.md §7.1).
 
@@ -471,6 +517,9 @@ def judge(
             given override its fields.
         answers_a, answers_b: answer files (``reflectune generate`` output, or AlpacaEval
             ``model_outputs.json``); items pair on ``(dataset, id)``, else on the instruction.
+        pair_by: ``"question"`` (default): a pair matched on the id must also agree on the
+            instruction text (whitespace-normalised), else ``DataError`` naming both files and rows;
+            ``"id"``: trust the id alone (mismatches are still listed in the report).
         judge: the judge's oracle spec, e.g. ``openai:gpt-4o`` (with ``base_url`` for any
             OpenAI-compatible server), ``hf:PATH`` or ``embedded``.
         mode: ``"score"`` (two 1-10 scores, the papers' protocol) or ``"pair-v2"`` (MT-Bench verdict).
@@ -503,4 +552,5 @@ def judge(
         "mode": mode, "retry_unparsed": retry_unparsed, "max_tokens": max_tokens,
         "prompts_dir": prompts_dir})
     return asyncio.run(ajudge(answers_a, answers_b, config=config, run_dir=run_dir, report=report,
-                              chart=chart, name_a=name_a, name_b=name_b, progress=progress))
+                              chart=chart, name_a=name_a, name_b=name_b, progress=progress,
+                              pair_by=pair_by))

@@ -8,10 +8,16 @@ A killed run resumes from the store; a finished one reruns without loading the m
 
 The store namespace carries everything that changes a loss: scoring version, student fingerprint,
 template, max_length and dtype. Change one and only the affected computations run again.
+
+The ``score`` section of run.json records what was scored: ``inputs`` holds the sha256 of the
+``variants.jsonl`` (or dataset) bytes, so ``select`` can tell stale scores from fresh ones; and every
+variant entry of ``scores.jsonl`` ends with ``text_key``, a short hash of the texts it was computed
+for, so no row is ever written with a score computed for other text.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -74,6 +80,34 @@ class _Record:
 def is_run_folder(path: str | os.PathLike[str]) -> bool:
     """A recycle run folder: has ``variants.jsonl``."""
     return (Path(path) / VARIANTS_FILE).is_file()
+
+
+def text_key(instruction: str, input: str, output: str) -> str:
+    """A short hash of a candidate's texts: the ``text_key`` of its ``scores.jsonl`` entry."""
+    blob = json.dumps([instruction, input, output], ensure_ascii=False).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes; of a folder (a ``save_to_disk`` dataset), of its files' names and bytes."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def input_hashes(source: str | os.PathLike[str]) -> dict[str, str]:
+    """What ``score`` consumed, as run.json's ``score.inputs`` records it: ``{"variants": sha256}`` for
+    a run folder, ``{"dataset": sha256}`` for a dataset source."""
+    src = Path(source)
+    if is_run_folder(src):
+        return {"variants": file_sha256(src / VARIANTS_FILE)}
+    return {"dataset": file_sha256(src)}
 
 
 def _iter_variants(path: Path) -> Iterator[_Record]:
@@ -201,12 +235,13 @@ def score(source: str | os.PathLike[str], config: ScoreConfig | None = None, *,
     # vLLM's kernels give slightly different numbers: its results get their own namespace
     namespace = score_namespace(fingerprint, template, max_length,
                                 f"{chosen_dtype}+{backend}" if backend == "vllm" else chosen_dtype)
+    inputs = input_hashes(src)  # before the first read: a later edit shows up as a text_key mismatch
     total = _count(records())
     setup = {"student": student, "fingerprint": fingerprint, "template": template,
              "max_length": max_length, "batch_tokens": batch_tokens, "dtype": chosen_dtype,
              "device": chosen_device, "backend": backend, "namespace": namespace, "mode": mode,
              "threads": threads, "rifd": with_rifd,
-             "source": str(src.resolve()), "selection_metric": SELECTION_METRIC}
+             "source": str(src.resolve()), "inputs": inputs, "selection_metric": SELECTION_METRIC}
     if mode == "cherry":
         from reflectune.io import detect_format
 
@@ -302,5 +337,9 @@ def _score_chunk(scorer: IFDScorer, chunk: list[_Record], out: Any, counts: Coun
         counts["nan_losses"] += sum(v is None for v in s.losses)
     counts["unavailable"] += sum(1 for r in chunk for v in r.variants.values()
                                  if v[0] not in ("ok", "missing"))
+    for record, line in zip(chunk, lines, strict=True):
+        for name, entry in line["variants"].items():
+            if entry["status"] == "ok":  # a scored candidate: the texts its numbers belong to
+                entry["text_key"] = text_key(*record.variants[name][1:])  # last: existing fields keep order
     for line in lines:
         out.write(json.dumps(line, ensure_ascii=False) + "\n")

@@ -18,8 +18,8 @@ How it degrades:
   response is not reflected -> the sample is dropped (outcome ``instruction``/``none``).
 * ori unavailable -> dropped (``ori_unavailable``): there is nothing to compare against.
 * NaN (``None``) where a comparison needs a number -> dropped with reason ``nan_ifd``/``nan_rifd``;
-  a NaN in the kept pair's IFD or r-IFD under the filter -> ``nan_ifd``/``nan_rifd`` too. A NaN
-  score is never selected.
+  a NaN in the kept pair's IFD or r-IFD -> ``nan_ifd``/``nan_rifd`` too, with or without the
+  filter. A NaN score is never selected.
 """
 
 from __future__ import annotations
@@ -130,11 +130,11 @@ def choose_variant(scores: Mapping[str, Mapping[str, Any] | None], *, below_one_
     # 3. Keep only reflected responses that pass the below-one filter.
     if not response:
         return Choice(landed, outcome, False, unavailable or "response_not_reflected", ifd, rifd)
+    if ifd is None:  # a NaN score is never selected, filter or no filter (METHOD.md §5.1)
+        return Choice(landed, outcome, False, "nan_ifd", ifd, rifd)
+    if rifd is None:
+        return Choice(landed, outcome, False, "nan_rifd", ifd, rifd)
     if below_one_filter:
-        if ifd is None:
-            return Choice(landed, outcome, False, "nan_ifd", ifd, rifd)
-        if rifd is None:
-            return Choice(landed, outcome, False, "nan_rifd", ifd, rifd)
         if ifd >= 1:
             return Choice(landed, outcome, False, "ifd_not_below_1", ifd, rifd)
         if rifd >= 1:

@@ -10,6 +10,14 @@ Two sources:
 
 * a recycle run folder: the four candidates per sample, the §5.2 rule, optional top-k;
 * a plain dataset (Cherry LLM mode): ori only, keep IFD < 1, optionally the top-k by IFD.
+
+Scores are checked against what they were computed for, twice. Run.json's ``score.inputs`` holds the
+hash of the variants (or dataset) bytes scored; when it differs from the file now, the scores are
+stale and ``score()`` runs again (with the options it recorded, unless others are given): only the
+changed candidates are computed, the rest come from the store. Then every written row's variant
+entry must carry the ``text_key`` of the very texts written, else a ``DataError`` names the row.
+Before any of it, ``variants.jsonl`` must hold as many lines as recycle says it wrote, and
+``scores.jsonl`` must cover the same samples in the same order.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from reflectune.config import SelectConfig, merged
 from reflectune.contracts import SCORES_FILE, VARIANTS_FILE, ScoresLine, VariantsLine
 from reflectune.errors import ConfigError, DataError
 from reflectune.io.jsonl import read_jsonl
-from reflectune.scoring.run import ScoreProgress, is_run_folder, score
+from reflectune.scoring.run import ScoreProgress, ScoreSummary, input_hashes, is_run_folder, score, text_key
 from reflectune.selection.rules import METRICS, Choice, TopK, choose_variant, count_outcomes, parse_top_k
 from reflectune.store.rundir import RunFolder, default_run_dir, read_manifest
 from reflectune.types import Sample
@@ -45,16 +53,40 @@ class SelectSummary:
     dropped: dict[str, int]
     top_k: str | None
     manifest: dict[str, Any] = field(default_factory=dict)
+    #: when scores were (re)computed first: why, and the computed / cached candidate counts
+    rescored: dict[str, Any] | None = None
 
 
-def _needs_scoring(folder: Path, source: Path, wanted: Mapping[str, Any]) -> bool:
-    """Score again unless run.json says this folder's scores are done and match what was asked."""
+def _needs_scoring(folder: Path, source: Path, wanted: Mapping[str, Any]) -> str | None:
+    """Why score must run again (None: run.json says this folder's scores are done, were computed for
+    the inputs as they are now, and match what was asked)."""
     section = read_manifest(folder).get("score") or {}
     if section.get("status") != "done" or not (folder / SCORES_FILE).is_file():
-        return True
+        return "not scored"
     if Path(section.get("source", "")).resolve() != source.resolve():
-        return True
-    return any(value is not None and section.get(key) != value for key, value in wanted.items())
+        return "scored from another source"
+    recorded = section.get("inputs")
+    if recorded is not None and recorded != input_hashes(source):  # none recorded: an older score
+        return "inputs changed since scoring"
+    if any(value is not None and section.get(key) != value for key, value in wanted.items()):
+        return "other scoring options"
+    return None
+
+
+def _ids(path: Path, model: Callable[[Any], Any]) -> list[str]:
+    return [line.id for _, line in read_jsonl(path, model)]
+
+
+def _check_variants(folder: Path) -> list[str]:
+    """The ids of variants.jsonl, after checking it holds every row a finished recycle wrote."""
+    ids = _ids(folder / VARIANTS_FILE, VariantsLine.model_validate)
+    recycle = read_manifest(folder).get("recycle") or {}
+    if recycle.get("status") == "complete" and isinstance(recycle.get("done"), int):
+        expected = recycle["done"] - int(recycle.get("passthrough") or 0)
+        if len(ids) != expected:
+            raise DataError(f"variants.jsonl has {len(ids)} samples but recycle wrote {expected} "
+                            "(truncated or edited?): rerun recycle", path=str(folder / VARIANTS_FILE))
+    return ids
 
 
 def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None = None,
@@ -117,11 +149,13 @@ def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None
                                                                             "score")
     wanted = {"student": student, "template": template, "max_length": max_length,
               "dtype": dtype if dtype not in (None, "auto") else None}
-    if _needs_scoring(folder, src, wanted):
-        score(src, student=student or "embedded", template=template or "vicuna",
-              max_length=max_length or 2048, batch_tokens=batch_tokens, dtype=dtype, device=device,
-              threads=threads, run_dir=None if mode == "variants" else folder, fields=fields, fmt=fmt,
-              progress=progress)
+    variant_ids = _check_variants(folder) if mode == "variants" else None
+    rescored: dict[str, Any] | None = None
+    reason = _needs_scoring(folder, src, wanted)
+    if reason is not None:
+        done = _rescore(folder, src, mode, config, student, template, max_length, dtype, device, threads,
+                        fields, fmt, progress)
+        rescored = {"reason": reason, "computed": done.computed, "cached": done.cached}
     score_section = read_manifest(folder)["score"]
 
     if mode == "variants":
@@ -138,6 +172,7 @@ def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None
         # 1. Apply the rule to every sample (no texts held).
         choices: list[Choice] = []
         ids: list[str] = []
+        keys: list[str | None] = []  # the text_key of each sample's landed variant
         for _, line in read_jsonl(run.file(SCORES_FILE), ScoresLine.model_validate):
             ids.append(line.id)
             variants = {name: entry.model_dump(exclude_unset=True) for name, entry in line.variants.items()}
@@ -145,6 +180,10 @@ def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None
                 choices.append(choose_variant(variants, below_one_filter=below_one_filter, metric=metric))
             else:
                 choices.append(_cherry_choice(variants.get("ori"), below_one_filter, metric))
+            landed = variants.get(choices[-1].variant or "") or {}
+            keys.append(landed.get("text_key"))
+        if variant_ids is not None and variant_ids != ids:
+            raise DataError(_mismatch("variants.jsonl", variant_ids, ids), path=str(run.file(SCORES_FILE)))
         summary_counts = count_outcomes(choices)
         # 2. The top-k cut: rank kept rows by IFD.
         keep = [i for i, c in enumerate(choices) if c.kept]
@@ -160,20 +199,58 @@ def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None
         default_name = "selected" + _SUFFIX.get(in_fmt or "", ".jsonl")
         out_path = Path(output) if output is not None else run.file(default_name)
         written = _write(out_path, out_fmt, mode, folder, in_path, in_fmt, in_fields, choices, ids,
-                         keep_set)
+                         keep_set, keys)
         manifest = {"mode": mode, "metric": metric, "metric_keys": list(METRICS[metric]),
                     "below_one_filter": below_one_filter, "top_k": str(spec) if spec else None,
                     "samples": summary_counts["samples"], "outcomes": summary_counts["outcomes"],
                     "passed_rule": summary_counts["kept"], "dropped": summary_counts["dropped"],
                     "kept": written, "output": str(out_path), "scores": score_section.get("namespace"),
-                    "student": score_section.get("student"), "template": score_section.get("template")}
+                    "student": score_section.get("student"), "template": score_section.get("template"),
+                    "inputs": {"scores": _sha(run.file(SCORES_FILE)), **input_hashes(src)},
+                    "rescored": rescored}
         if spec is not None:
             manifest["dropped"] = {**manifest["dropped"],
                                    "below_top_k": summary_counts["kept"] - len(keep_set)}
         run.update_manifest("select", manifest)
     return SelectSummary(run_dir=folder, output=out_path, mode=mode, samples=summary_counts["samples"],
                          kept=written, outcomes=summary_counts["outcomes"], dropped=manifest["dropped"],
-                         top_k=manifest["top_k"], manifest=manifest)
+                         top_k=manifest["top_k"], manifest=manifest, rescored=rescored)
+
+
+def _sha(path: Path) -> str:
+    from reflectune.scoring.run import file_sha256
+
+    return file_sha256(path)
+
+
+def _mismatch(name: str, expected: list[str], got: list[str]) -> str:
+    """One line saying how scores.jsonl's samples differ from the file it should cover."""
+    first = next((i for i, (a, b) in enumerate(zip(expected, got, strict=False)) if a != b),
+                 min(len(expected), len(got)))
+    where = (f"line {first + 1}: '{got[first]}' where {name} has '{expected[first]}'"
+             if first < min(len(expected), len(got)) else f"from line {first + 1}")
+    return (f"scores.jsonl covers {len(got)} samples, {name} {len(expected)}; they differ {where}: "
+            "rerun score")
+
+
+def _rescore(folder: Path, src: Path, mode: str, config: SelectConfig, student: str | None,
+             template: str | None, max_length: int | None, dtype: str | None, device: str | None,
+             threads: int | None, fields: Mapping[str, str] | None, fmt: str | None,
+             progress: Callable[[ScoreProgress], None] | None) -> ScoreSummary:
+    """Run ``score()``; an option not given falls back to what the last score of this source recorded
+    (so stale scores are recomputed as they were, and only the changed candidates are computed)."""
+    section = read_manifest(folder).get("score") or {}
+    if Path(section.get("source", "")).resolve() != src.resolve():
+        section = {}
+    recorded_dtype = section.get("dtype") if dtype in (None, "auto") else None
+    return score(src, student=student or section.get("student") or "embedded",
+                 template=template or section.get("template") or "vicuna",
+                 max_length=max_length or section.get("max_length") or 2048,
+                 batch_tokens=config.batch_tokens,  # padding only: not in any computation's key
+                 dtype=recorded_dtype or dtype, device=device,
+                 threads=threads if threads is not None else section.get("threads"),
+                 backend=section.get("backend"), rifd=section.get("rifd") if mode == "cherry" else None,
+                 run_dir=None if mode == "variants" else folder, fields=fields, fmt=fmt, progress=progress)
 
 
 def _cherry_choice(entry: Mapping[str, Any] | None, below_one_filter: bool, metric: str) -> Choice:
@@ -191,7 +268,7 @@ def _cherry_choice(entry: Mapping[str, Any] | None, below_one_filter: bool, metr
 
 def _write(out_path: Path, out_fmt: str | None, mode: str, folder: Path, in_path: Path, in_fmt: str | None,
            in_fields: Mapping[str, str] | None, choices: list[Choice], ids: list[str],
-           keep: set[int]) -> int:
+           keep: set[int], keys: list[str | None]) -> int:
     from reflectune.io import DatasetWriter, read_samples
 
     if not in_path.exists():
@@ -204,12 +281,19 @@ def _write(out_path: Path, out_fmt: str | None, mode: str, folder: Path, in_path
         samples = read_samples(in_path, fields=in_fields, fmt=in_fmt)
     with DatasetWriter(out_path, out_fmt, fields=in_fields) as writer:
         if mode == "cherry":
+            seen = 0
             for index, sample in enumerate(samples):
                 if index >= len(ids) or ids[index] != sample.id:
                     raise DataError("scores.jsonl does not match the dataset (changed since scoring?): "
                                     "rerun score", path=str(folder / SCORES_FILE))
+                seen = index + 1
                 if index in keep:
+                    _check_key(folder, ids[index], choices[index], keys[index], sample.instruction,
+                               sample.input, sample.output)
                     _emit(writer, sample, sample.instruction, sample.input, sample.output, choices[index])
+            if seen != len(ids):
+                raise DataError(f"scores.jsonl covers {len(ids)} samples, the dataset {seen} (changed "
+                                "since scoring?): rerun score", path=str(folder / SCORES_FILE))
             return writer.count
         lines = (line for _, line in read_jsonl(folder / VARIANTS_FILE, VariantsLine.model_validate))
         for index, (sample, record) in enumerate(_align(samples, lines)):
@@ -220,8 +304,19 @@ def _write(out_path: Path, out_fmt: str | None, mode: str, folder: Path, in_path
                 choice = choices[index]
                 assert choice.variant is not None  # a kept row names its variant
                 v = record.variants[choice.variant]
+                _check_key(folder, record.id, choice, keys[index], v.instruction or "", v.input or "",
+                           v.output or "")
                 _emit(writer, sample, v.instruction or "", v.input or "", v.output or "", choice)
         return writer.count
+
+
+def _check_key(folder: Path, sample_id: str, choice: Choice, key: str | None, instruction: str, input: str,
+               output: str) -> None:
+    """Refuse to write a row whose score was computed for other text (scores without text keys,
+    written before they existed, are taken as they are)."""
+    if key is not None and key != text_key(instruction, input, output):
+        raise DataError(f"sample '{sample_id}': the score of its {choice.variant} variant was computed "
+                        "for other text (edited since scoring?): rerun score", path=str(folder / SCORES_FILE))
 
 
 class _Discard:
