@@ -158,3 +158,22 @@ def test_no_response_shape_crashes_a_run_or_is_paid_twice(source: Path, tmp_path
     for proc in (first, again):
         assert "Traceback" not in proc.stderr and proc.returncode in (0, 1), proc.stderr
     assert sent == ROWS and resent == 0, f"{resent} paid calls were made again on the rerun"
+
+
+def test_a_prompt_over_a_known_context_fails_before_it_is_sent(source: Path, tmp_path: Path) -> None:
+    with running_server() as server:
+        proc = _recycle(source, tmp_path, server.base_url, "--context", "64")
+        requests = server.stats()["requests"]
+    assert requests == 0, "a prompt longer than the window was sent"
+    assert proc.returncode == 1 and "over_context" in proc.stderr and "not sent" in proc.stderr
+    assert "--retry-failed" in proc.stderr  # final: the same prompt cannot fit next time either
+
+
+def test_without_a_known_context_nothing_is_refused_on_a_guess(source: Path, tmp_path: Path) -> None:
+    long_rows = [{"instruction": "Summarise. " + "word " * 9000, "input": "", "output": "ok"}]
+    src = tmp_path / "long.json"
+    src.write_text(json.dumps(long_rows))
+    with running_server() as server:
+        proc = _recycle(src, tmp_path, server.base_url)  # 9,000 words > the 8,192 default guess
+        requests = server.stats()["requests"]
+    assert requests >= 1 and "over_context" not in proc.stderr, proc.stderr  # sent: the server decides

@@ -205,7 +205,26 @@ class Engine:
         chars = sum(len(m.content) for m in request.messages)
         return chars // 4 + (request.max_tokens or 512)
 
+    def _over_context(self, request: ChatRequest) -> str | None:
+        """Why a prompt cannot fit the model's known window, or ``None`` (then it is sent)."""
+        if not self.oracle.capabilities.context_known:
+            return None
+        context = self.oracle.context
+        chars = sum(len(m.content) for m in request.messages)
+        if chars < context // 4:  # a token is at most 4 bytes of text: this prompt fits, no counting
+            return None
+        messages = request.messages
+        tokens = sum(self.oracle.count_tokens(m.content) for m in messages) + 4 * len(messages)
+        if tokens < context:
+            return None
+        return (f"the prompt is {tokens:,} tokens, the model's context {context:,}: not sent "
+                "(shorten the input, or pass the real window with --context)")
+
     async def _send(self, key: str, stage: str, request: ChatRequest, sample_id: str) -> CallRecord:
+        too_long = self._over_context(request)
+        if too_long is not None:  # deterministic: a final failure, and nothing is paid for it
+            return CallRecord(key, stage, "failed", None, None, 0, 0, 0.0, 0, "over_context", too_long, (),
+                              sample_id)
         attempts = 0
         while True:
             attempts += 1

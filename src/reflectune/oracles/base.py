@@ -36,6 +36,8 @@ class Capabilities:
     price: Prices | None = FREE
     #: Its endpoint can be misconfigured (a key, a URL): the engine proves it with one call first.
     preflight: bool = False
+    #: ``context`` is the model's real window (not a guess): a longer prompt fails before it is sent.
+    context_known: bool = True
 
 
 @runtime_checkable

@@ -342,7 +342,8 @@ class OpenAIOracle:
         self._session = session
         self._owns_session = session is None
         self.capabilities = Capabilities(prefill=False, exact_tokens=exact_tokens_available(model),
-                                         price=list_price(model), preflight=True)
+                                         price=list_price(model), preflight=True,
+                                         context_known=context is not None)
 
     @staticmethod
     def _read_key(endpoint: _Endpoint, api_key_env: str) -> str | None:
