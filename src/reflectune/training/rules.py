@@ -37,7 +37,9 @@ def make_config(config: TrainConfig | None = None, **options: Any) -> TrainConfi
     for key in options:
         if key not in known:
             raise ConfigError(f"unknown training option '{key}'{did_you_mean(key, known)}")
-    options = {k: v for k, v in options.items() if v is not None or k in ("world_size", "max_samples")}
+    # None means "none" for these (no override, no cap, keep every checkpoint), not "the default"
+    options = {k: v for k, v in options.items()
+               if v is not None or k in ("world_size", "max_samples", "save_total_limit")}
     if "sft" in options:
         options["sft"] = dict(options["sft"])
     return with_options(TrainConfig, config, options)
