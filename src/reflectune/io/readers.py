@@ -20,13 +20,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
 from reflectune.errors import ConfigError, DataError, StoreError
 from reflectune.io.fields import resolve_fields
@@ -50,7 +49,7 @@ from reflectune.io.formats import (
 from reflectune.io.jsonsource import json_array_rows, jsonl_rows
 from reflectune.io.rejects import RejectSink
 from reflectune.io.shapes import to_sample
-from reflectune.io.sources import RawRow, csv_rows, iter_hf_disk, iter_parquet, open_stream
+from reflectune.io.sources import RawRow, csv_rows, iter_hf_disk, iter_parquet, open_binary, open_stream
 from reflectune.types import Sample
 
 _SOURCES = {"parquet": iter_parquet, "hf_disk": iter_hf_disk}
@@ -130,18 +129,7 @@ def _like(path: Path) -> Path:
 def _spool(path: Path | None, copy: Path, where: str) -> None:
     """Copy a stream to ``copy`` in constant memory: read errors are the input's, write errors ours."""
     with ExitStack() as stack:
-        if path is None:
-            if sys.stdin is None:
-                raise DataError("there is no standard input", path=where)
-            source: BinaryIO = sys.stdin.buffer
-            if source.isatty():
-                raise DataError("is a terminal: pipe or redirect the data in (... - < data.jsonl)",
-                                path=where)
-        else:
-            try:
-                source = stack.enter_context(open(path, "rb"))
-            except OSError as e:
-                raise DataError(f"cannot read: {e.strerror or e}", path=where) from None
+        source = open_binary(path, where, stack)
         try:
             out = stack.enter_context(open(copy, "wb"))
             while True:

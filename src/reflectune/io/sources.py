@@ -87,18 +87,7 @@ def open_stream(path: Path | None, where: str) -> Iterator[Stream]:
     saying how to unpack them. Reading is never repeated, so a pipe is read once.
     """
     with ExitStack() as stack:
-        if path is None:
-            if sys.stdin is None:
-                raise DataError("there is no standard input", path=where)
-            raw: BinaryIO = sys.stdin.buffer
-            if raw.isatty():
-                raise DataError("is a terminal: pipe or redirect the data in (... - < data.jsonl)",
-                                path=where)
-        else:
-            try:
-                raw = stack.enter_context(open(path, "rb", buffering=0))
-            except OSError as e:
-                raise DataError(f"cannot read: {e.strerror or e}", path=where) from None
+        raw = open_binary(path, where, stack, buffering=0)
         head = _head(raw, where, None)
         kind = compression(head)
         if kind is not None:
@@ -106,6 +95,20 @@ def open_stream(path: Path | None, where: str) -> Iterator[Stream]:
             raw = stack.enter_context(decompressor(kind, _prefixed(head, raw, where, None)))
             head = _head(raw, where, kind)
         yield Stream(_prefixed(head, raw, where, kind), head, kind)
+
+
+def open_binary(path: Path | None, where: str, stack: ExitStack, *, buffering: int = -1) -> BinaryIO:
+    """Standard input (``path`` None: never a terminal) or the file, opened for reading in ``stack``."""
+    if path is None:
+        if sys.stdin is None:
+            raise DataError("there is no standard input", path=where)
+        if sys.stdin.buffer.isatty():
+            raise DataError("is a terminal: pipe or redirect the data in (... - < data.jsonl)", path=where)
+        return sys.stdin.buffer
+    try:
+        return stack.enter_context(open(path, "rb", buffering=buffering))
+    except OSError as e:
+        raise DataError(f"cannot read: {e.strerror or e}", path=where) from None
 
 
 def _head(f: BinaryIO, where: str, kind: str | None) -> bytes:
