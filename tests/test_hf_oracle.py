@@ -21,7 +21,7 @@ from reflectune.markers import BETTER_ANSWER, END, NEW_ANSWER, NEW_INSTRUCTION
 from reflectune.models import ensure_embedded
 from reflectune.models.source import embedded_converted_dir, embedded_gguf_path
 from reflectune.oracles import Oracle, make_oracle
-from reflectune.oracles.local.forcing import FormatPlan
+from reflectune.oracles.forcing import FormatPlan
 from reflectune.oracles.local.oracle import EmbeddedOracle, HFOracle
 from reflectune.types import ChatRequest, Message
 

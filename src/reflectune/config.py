@@ -125,6 +125,9 @@ class OracleConfig(_Frozen):
     batch_size: int = Field(8, ge=1, description="local backends: requests per forward batch")
     allow_insecure_http: bool = Field(False, description="send a key over plain http to a host that is "
                                       "not loopback (left out of the JSON dump while False)")
+    #: HTTP oracles: how to force the reflection format (local oracles always force; left out of the
+    #: JSON dump while "off")
+    forcing: Literal["off", "prefill", "grammar"] = "off"
 
     @field_serializer("base_url", when_used="json")
     def _redacted_base_url(self, value: str | None) -> str | None:
@@ -135,8 +138,11 @@ class OracleConfig(_Frozen):
     @model_serializer(mode="wrap")
     def _stable_json(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
         data = handler(self)
-        if info.mode_is_json() and not self.allow_insecure_http and isinstance(data, dict):
-            data.pop("allow_insecure_http", None)  # configs from before the field hash as they did
+        if info.mode_is_json() and isinstance(data, dict):  # configs from before a field hash as they did
+            if not self.allow_insecure_http:
+                data.pop("allow_insecure_http", None)
+            if self.forcing == "off":
+                data.pop("forcing", None)
         return data
 
 
@@ -145,7 +151,7 @@ class SamplingConfig(_Frozen):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int | None = Field(None, gt=0, description="default min(2048, context - prompt)")
     seed: int | None = None
-    critique_tokens: int = Field(96, ge=8, description="local backends: critique budget before forcing")
+    critique_tokens: int = Field(96, ge=8, description="forced formats: critique budget")
 
 
 class EngineConfig(_Frozen):
@@ -169,6 +175,97 @@ class EngineConfig(_Frozen):
 Phase = Literal["instruction", "response"]
 
 
+#: The quality gates (``recycling/gates.py``), all on by default.
+GATE_NAMES: tuple[str, ...] = ("refusal", "degenerate", "echo", "unchanged", "copy", "collapsed", "language")
+
+
+class GatesConfig(_Frozen):
+    """Which quality gates judge a parsed reflection, and their thresholds (calibrated in
+    ``tests/data/gates_labelled.jsonl``; see docs/quality.md). Gates make no call: changing them and
+    rerunning re-decides from the store."""
+
+    enabled: tuple[str, ...] = GATE_NAMES
+    #: echo: share of the rewrite's word trigrams (over all of it, or over its first 24 words) taken
+    #: from the critique or the prompt's wording
+    echo_overlap: float = Field(0.25, gt=0, le=1)
+    #: echo: a critique counts as one (and the rewrite may not restate it) from this share of its own
+    #: n-grams restating the prompt's criteria
+    critique_overlap: float = Field(0.1, gt=0, le=1)
+    #: unchanged: word-level similarity to the original at or above which it is a copy
+    unchanged_similarity: float = Field(0.9, gt=0, le=1)
+    #: unchanged: a shorter rewrite of at least this many words made of the original's phrases
+    cut_copy_min_words: int = Field(20, ge=1)
+    #: copy: share of its trigrams found in a text it must not copy (the answer, for an instruction)
+    copy_overlap: float = Field(0.7, gt=0, le=1)
+    #: degenerate: share of repeated word 4-grams (loops), checked from this many words on
+    repetition: float = Field(0.5, gt=0, le=1)
+    repetition_min_words: int = Field(24, ge=4)
+    #: degenerate: runaway length
+    max_words: int = Field(4000, ge=1)
+    #: collapsed: an answer under this share of an original of at least ``collapsed_min_words``
+    collapsed_ratio: float = Field(0.2, gt=0, le=1)
+    collapsed_min_words: int = Field(40, ge=1)
+    #: language: least share of the original's script among the rewrite's letters
+    script_share: float = Field(0.5, gt=0, le=1)
+
+    @field_validator("enabled")
+    @classmethod
+    def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if name not in GATE_NAMES:
+                close = difflib.get_close_matches(name, GATE_NAMES, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ValueError(f"unknown gate '{name}'{hint}; gates: {', '.join(GATE_NAMES)}")
+        return tuple(dict.fromkeys(value))
+
+
+class VerifyConfig(_Frozen):
+    """Judge-verified acceptance: a reflected answer is kept only if the judge prefers it to the
+    answer it rewrote, in both orders, by the judge's own protocol (METHOD.md §7.1)."""
+
+    judge: OracleConfig
+    #: ``win``: kept only when it wins; ``win_or_tie``: also when the judge cannot tell them apart
+    accept: Literal["win", "win_or_tie"] = "win"
+    mode: Literal["score", "pair-v2"] = "score"
+    max_tokens: int | None = 1024
+    retry_unparsed: bool = True
+
+
+#: The threshold ``--gates NAME=VALUE`` sets, per gate (refusal has none).
+GATE_THRESHOLDS: dict[str, str] = {"echo": "echo_overlap", "unchanged": "unchanged_similarity",
+                                   "copy": "copy_overlap", "degenerate": "repetition",
+                                   "collapsed": "collapsed_ratio", "language": "script_share"}
+
+
+def gates_option(text: str) -> dict[str, Any]:
+    """``--gates`` -> GatesConfig values: ``all`` (default), ``none``, or a comma list of gate names,
+    each optionally with its threshold (``echo=0.3,unchanged,copy``)."""
+    text = text.strip()
+    if text == "all":
+        return {}
+    if text == "none":
+        return {"enabled": ()}
+    values: dict[str, Any] = {}
+    enabled: list[str] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if name not in GATE_NAMES:
+            close = difflib.get_close_matches(name, GATE_NAMES, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"--gates: unknown gate {name!r}{hint}; gates: {', '.join(GATE_NAMES)}")
+        enabled.append(name)
+        if not sep:
+            continue
+        if name not in GATE_THRESHOLDS:
+            raise ConfigError(f"--gates {part}: {name!r} has no threshold to set")
+        try:
+            values[GATE_THRESHOLDS[name]] = float(value)
+        except ValueError:
+            raise ConfigError(f"--gates {part}: the threshold must be a number") from None
+    return {**values, "enabled": tuple(enabled)}
+
+
 class RecycleConfig(_Frozen):
     oracle: OracleConfig = OracleConfig()
     sampling: SamplingConfig = SamplingConfig()
@@ -181,6 +278,9 @@ class RecycleConfig(_Frozen):
     output_format: str | None = None
     on_bad_record: Literal["error", "skip"] = "error"
     parse_retry: bool = True
+    gates: GatesConfig = GatesConfig()
+    #: judge-verified acceptance (``--verify SPEC``); None: off
+    verify: VerifyConfig | None = None
 
     @field_validator("phases")
     @classmethod
@@ -310,6 +410,8 @@ class TrainConfig(_Frozen):
     save_steps: int = 500
     save_total_limit: int | None = 2
     resume: bool = False
+    #: ``-o`` may replace a trained model already in the folder
+    overwrite: bool = False
     report_to: str = "none"
     world_size: int | None = None
     max_samples: int | None = None

@@ -23,9 +23,11 @@ class Message:
 class ChatRequest:
     """One chat-completions request, backend-neutral.
 
-    ``sections`` asks a local backend to force the output format: after a critique of at most
-    ``critique_tokens`` tokens it writes each marker itself (prefill) and lets the model fill the
-    section up to ``[End]``. HTTP backends ignore both; the fields still enter the cache key.
+    ``sections`` asks a backend that can (``Capabilities.prefill``) to force the output format: after
+    a critique of at most ``critique_tokens`` tokens it writes each marker itself (prefill) and lets
+    the model fill the section up to ``[End]``; an HTTP backend with ``--forcing grammar`` constrains
+    one answer to that shape instead. Backends that cannot ignore both; the fields still enter the
+    cache key.
     """
 
     messages: tuple[Message, ...]

@@ -30,6 +30,10 @@ Dtype = Annotated[str | None, typer.Option(help="Local models: bfloat16 | float1
 BatchSize = Annotated[int, typer.Option(min=1, help="Local models: requests per batch.")]
 AllowInsecureHttp = Annotated[bool, typer.Option(help="Send an API key over plain http to a host that is not "
                                                  "this machine (refused by default).")]
+Forcing = Annotated[str, typer.Option(
+    "--forcing", help="HTTP oracles: force the reflection format: prefill (continue the assistant message, "
+    "as vLLM, SGLang and llama.cpp's llama-server accept) | grammar (a GBNF/regex constraint: llama.cpp "
+    "`grammar`, vLLM structured outputs) | off")]
 
 # -- the engine (limits, retries, cost) --------------------------------------------------------
 Concurrency = Annotated[int | None, typer.Option(min=1, help="Requests in flight (default 64; local: 2x "
@@ -49,7 +53,7 @@ Prompts = Annotated[str | None, typer.Option(help="Folder of prompt template ove
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No live display.")]
 
 _ORACLE_KEYS = ("base_url", "api_key_env", "timeout", "context", "device", "dtype", "batch_size",
-                "allow_insecure_http")
+                "allow_insecure_http", "forcing")
 _ENGINE_KEYS = ("concurrency", "rpm", "tpm", "max_attempts", "max_failure_rate", "max_cost", "price_in",
                 "price_out", "retry_failed")
 

@@ -23,6 +23,7 @@ from reflectune.cli.options import (
     Context,
     Device,
     Dtype,
+    Forcing,
     MaxAttempts,
     MaxCost,
     MaxFailureRate,
@@ -38,7 +39,7 @@ from reflectune.cli.options import (
     engine_values,
     oracle_values,
 )
-from reflectune.config import RecycleConfig, SamplingConfig, merged
+from reflectune.config import RecycleConfig, SamplingConfig, gates_option, merged
 from reflectune.io import parse_fields
 
 SAMPLING = SamplingConfig()
@@ -53,7 +54,11 @@ def build_config(**o: Any) -> RecycleConfig:
         "phases": tuple(p.strip() for p in o["phases"].split(",") if p.strip()),
         "input_merge": o["input_merge"], "prompts_dir": o["prompts"],
         "fields": parse_fields(o["fields"]) if o["fields"] else None,
-        "limit": o["limit"], "output_format": o["output_format"], "on_bad_record": o["on_bad_record"]})
+        "limit": o["limit"], "output_format": o["output_format"], "on_bad_record": o["on_bad_record"],
+        "gates": gates_option(o["gates"]),
+        "verify": {"judge": {"spec": o["verify"], "base_url": o["verify_base_url"],
+                             "api_key_env": o["verify_api_key_env"]},
+                   "accept": o["verify_accept"].replace("-", "_")} if o["verify"] else None})
 
 
 def recycle_command(
@@ -65,6 +70,7 @@ def recycle_command(
     base_url: BaseUrl = None,
     api_key_env: ApiKeyEnv = ORACLE.api_key_env,
     allow_insecure_http: AllowInsecureHttp = False,
+    forcing: Forcing = "off",
     run_dir: RunDir = None,
     phases: str = typer.Option("instruction,response", help="instruction, response, or both."),
     input_merge: str = typer.Option("oracle", help="Merge a non-empty input into the instruction before "
@@ -95,8 +101,20 @@ def recycle_command(
     device: Device = None,
     dtype: Dtype = None,
     batch_size: BatchSize = ORACLE.batch_size,
-    critique_tokens: int = typer.Option(SAMPLING.critique_tokens, help="Local models: critique budget "
-                                        "before the forced markers."),
+    critique_tokens: int = typer.Option(SAMPLING.critique_tokens, help="Forced formats (local models, "
+                                        "--forcing): critique budget before the markers."),
+    gates: str = typer.Option("all", help="Quality gates a parsed rewrite must pass: all | none | a list "
+                              "of refusal, degenerate, echo, unchanged, copy, collapsed, language, each with "
+                              "an optional threshold (echo=0.3,unchanged). Changing them re-decides from the "
+                              "store: no new call."),
+    verify: str | None = typer.Option(None, help="Judge-verified acceptance: a judge (e.g. "
+                                      "openai:gpt-4o-mini) compares each reflected answer with the one it "
+                                      "rewrote, in both orders; only answers it prefers are kept."),
+    verify_base_url: str | None = typer.Option(None, help="The judge's OpenAI-compatible endpoint."),
+    verify_api_key_env: str = typer.Option(ORACLE.api_key_env, help="Environment variable with the judge's "
+                                           "API key."),
+    verify_accept: str = typer.Option("win", help="win: keep only answers the judge prefers; win-or-tie: "
+                                      "also those it cannot tell apart."),
     dry_run: bool = typer.Option(False, help="Estimate calls, tokens and cost; call nothing."),
     quiet: Quiet = False,
 ) -> None:

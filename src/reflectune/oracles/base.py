@@ -26,7 +26,9 @@ FREE: Prices = (0.0, 0.0)
 class Capabilities:
     """What a backend can do, declared by the backend itself."""
 
-    #: It writes format markers into the assistant turn itself (``ChatRequest.sections``).
+    #: It forces the reflection format when a request names ``ChatRequest.sections``: it writes the
+    #: markers into the assistant turn itself (local models, ``--forcing prefill``) or constrains the
+    #: answer to them (``--forcing grammar``).
     prefill: bool = False
     #: ``count_tokens`` uses the model's own tokenizer (dry-run estimates are exact).
     exact_tokens: bool = False

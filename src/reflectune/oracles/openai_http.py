@@ -48,14 +48,14 @@ import re
 import socket
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from reflectune.config import redact_url
+from reflectune.config import OracleConfig, redact_url
 from reflectune.errors import (
     ConfigError,
     OracleError,
@@ -66,9 +66,11 @@ from reflectune.errors import (
     RateLimited,
 )
 from reflectune.oracles.base import Capabilities
+from reflectune.oracles.grammar import format_constraint, word_constraint
+from reflectune.oracles.prefill import CONTINUE_FIELDS, PROBE, complete_by_prefill, continues
 from reflectune.oracles.pricing import list_price
 from reflectune.oracles.tokens import approx_tokens, chat_prompt_tokens, exact_tokens_available
-from reflectune.types import ChatRequest, Completion
+from reflectune.types import ChatRequest, Completion, Message
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 #: The only host the default key variable is sent to.
@@ -91,6 +93,12 @@ _CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too ma
 _FILTER_HINTS = ("content_filter", "content filter", "content management policy",
                  "content_policy_violation", "responsibleaipolicyviolation", "safety system")
 _URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+")
+#: ``--forcing`` modes (``OracleConfig.forcing``); "off" sends every request as it is.
+FORCING_MODES: tuple[str, ...] = get_args(OracleConfig.model_fields["forcing"].annotation)
+#: The grammar probe: a question whose natural answer is not the word the constraint allows.
+_GRAMMAR_PROBE = ChatRequest((Message("user", "What colour is the sky? Answer in one word."),),
+                             max_tokens=4, temperature=0.0)
+_GRAMMAR_PROBE_WORD = "yes"
 
 
 def body_bound(max_tokens: int | None) -> int:
@@ -314,21 +322,37 @@ class OpenAIOracle:
         oracle = OpenAIOracle("gpt-4o-mini")                       # key from $OPENAI_API_KEY
         oracle = OpenAIOracle("qwen2.5", base_url="http://localhost:8000/v1")   # vLLM, no key
         oracle = OpenAIOracle("m", base_url="https://my.host/v1", api_key_env="MY_KEY")  # its key
+        oracle = OpenAIOracle("smollm2", base_url="http://localhost:8080/v1", forcing="prefill")
+
+    ``forcing`` makes the server write the reflection format for requests that name ``sections``:
+    ``prefill`` drives the local oracle's state machine one chat request per segment
+    (:mod:`reflectune.oracles.prefill`), ``grammar`` sends one request under a constraint
+    (:mod:`reflectune.oracles.grammar`). Before the first such request a tiny probe proves the server
+    does what the mode needs; one that does not stops the run with a one-line ``OracleFatal``.
     """
 
     name = "openai"
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = DEFAULT_KEY_ENV,
                  timeout: float = 120.0, context: int | None = None, allow_insecure_http: bool = False,
-                 session: aiohttp.ClientSession | None = None) -> None:
+                 forcing: str = "off", session: aiohttp.ClientSession | None = None) -> None:
         if not model:
             raise ConfigError("the openai oracle needs a model: --oracle openai:MODEL")
+        if forcing not in FORCING_MODES:
+            raise ConfigError(f"invalid --forcing '{forcing}': use {' | '.join(FORCING_MODES)}")
         self.model = model
         url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
         endpoint = _Endpoint.parse(url.strip())
         self._endpoint = endpoint
         #: for display: the URL without credentials
         self.base_url = redact_url(endpoint.url)
+        if forcing != "off" and endpoint.host == OPENAI_HOST:
+            raise ConfigError(f"--forcing {forcing}: {OPENAI_HOST} neither continues an assistant message "
+                              "nor takes a grammar; use --forcing off with it")
+        #: how the reflection format is forced: "off", "prefill" or "grammar"
+        self.forcing = forcing
+        self._forcing_proven = forcing == "off"
+        self._forcing_lock = asyncio.Lock()
         self.context = context or DEFAULT_CONTEXT
         self.timeout = timeout
         self._key_env = api_key_env
@@ -341,7 +365,7 @@ class OpenAIOracle:
         self.__url = endpoint.chat_url()
         self._session = session
         self._owns_session = session is None
-        self.capabilities = Capabilities(prefill=False, exact_tokens=exact_tokens_available(model),
+        self.capabilities = Capabilities(prefill=forcing != "off", exact_tokens=exact_tokens_available(model),
                                          price=list_price(model), preflight=True,
                                          context_known=context is not None)
 
@@ -375,17 +399,20 @@ class OpenAIOracle:
     @classmethod
     def from_spec(cls, arg: str, *, base_url: str | None = None, api_key_env: str = DEFAULT_KEY_ENV,
                   timeout: float = 120.0, context: int | None = None, allow_insecure_http: bool = False,
-                  session: aiohttp.ClientSession | None = None) -> OpenAIOracle:
+                  forcing: str = "off", session: aiohttp.ClientSession | None = None) -> OpenAIOracle:
         return cls(arg, base_url=base_url, api_key_env=api_key_env, timeout=timeout, context=context,
-                   allow_insecure_http=allow_insecure_http, session=session)
+                   allow_insecure_http=allow_insecure_http, forcing=forcing, session=session)
 
     def __repr__(self) -> str:
-        return f"OpenAIOracle(model={self.model!r}, base_url={self.base_url!r})"
+        forcing = "" if self.forcing == "off" else f", forcing={self.forcing!r}"
+        return f"OpenAIOracle(model={self.model!r}, base_url={self.base_url!r}{forcing})"
 
     def fingerprint(self) -> str:
         # The endpoint's identity: two servers answering under one model name are two oracles. Never
         # userinfo or the query (where keys travel); default ports and a trailing slash left out.
-        return f"openai:{self.model}@{self._endpoint.normalised}"
+        # A forcing mode is part of it (a forced answer is another answer), "off" as it always was.
+        forcing = "" if self.forcing == "off" else f"+forcing={self.forcing}"
+        return f"openai:{self.model}@{self._endpoint.normalised}{forcing}"
 
     def count_tokens(self, text: str) -> int:
         return approx_tokens(text, self.model)
@@ -435,12 +462,53 @@ class OpenAIOracle:
         return [await self._one(request) for request in requests]
 
     async def _one(self, request: ChatRequest) -> Completion:
+        """One request as it is, or, when it names ``sections`` and forcing is on, forced."""
+        if self.forcing == "off" or not request.sections:
+            return await self._send(request)
+        await self._prove_forcing()
+        if self.forcing == "grammar":
+            constraint = format_constraint(request.sections, critique_tokens=request.critique_tokens,
+                                           max_tokens=request.max_tokens)
+            return await self._send(request, constraint.fields())
+        return await complete_by_prefill(request, self._send)
+
+    async def _prove_forcing(self) -> None:
+        """Once: show that the server does what the forcing mode needs, or stop with a one-line
+        ``OracleFatal`` naming the flag to change. A probe that fails in transit (a timeout, a 5xx)
+        raises as any call does, and the next call probes again. Its tokens are not counted."""
+        if self._forcing_proven:
+            return
+        async with self._forcing_lock:
+            if self._forcing_proven:
+                return
+            grammar = self.forcing == "grammar"
+            fields = word_constraint(_GRAMMAR_PROBE_WORD).fields() if grammar else CONTINUE_FIELDS
+            names = " and ".join(f"'{name}'" for name in fields)
+            other = "prefill" if grammar else "grammar"
+            try:
+                completion = await self._send(_GRAMMAR_PROBE if grammar else PROBE, fields)
+            except OracleRejected as exc:
+                raise OracleFatal(f"{self.base_url} refused the {self.forcing} fields ({names}): {exc}; use "
+                                  f"--forcing {other} or --forcing off", kind="forcing_unsupported") from None
+            if grammar and completion.content.strip() != _GRAMMAR_PROBE_WORD:
+                raise OracleFatal(f"{self.base_url} ignored the grammar constraint (sent as {names}): this "
+                                  "server cannot force the format that way; use --forcing prefill or "
+                                  "--forcing off", kind="forcing_unsupported")
+            if not grammar and not continues(completion):
+                raise OracleFatal(f"{self.base_url} did not continue a trailing assistant message (sent with "
+                                  f"{names}): this server cannot force the format by prefill; use --forcing "
+                                  "grammar or --forcing off", kind="forcing_unsupported")
+            self._forcing_proven = True
+
+    async def _send(self, request: ChatRequest, extra: Mapping[str, Any] | None = None) -> Completion:
+        """One chat request over the wire, with ``extra`` body fields (the forcing's)."""
         session = self._session_now()
         started = time.monotonic()
         headers = None if self._owns_session else self._headers()  # injected sessions
         bound = body_bound(request.max_tokens)
+        payload = self._payload(request) | dict(extra or {})
         try:
-            async with session.post(self.__url, json=self._payload(request), headers=headers,
+            async with session.post(self.__url, json=payload, headers=headers,
                                     allow_redirects=False) as resp:
                 status = resp.status
                 ok = 200 <= status < 300

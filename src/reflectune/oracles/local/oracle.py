@@ -3,11 +3,11 @@ embedded SmolLM2-135M-Instruct (``embedded``), micro-batched in one worker threa
 
 This module is the model-facing half: identity (name, context, fingerprint, token counts) without
 loading weights, lazy loading on the worker, chat templating, the context check, and turning each
-request's :class:`~reflectune.oracles.local.forcing.FormatPlan` segments into rows for one batched
+request's :class:`~reflectune.oracles.forcing.FormatPlan` segments into rows for one batched
 ``generate``. The queue and the worker thread live in :mod:`reflectune.oracles.local.worker`, the
 batched generate in :mod:`reflectune.oracles.local.decoding` (its rows in ``rows``, their stopping
 rules in ``stopping``, their keys and values in ``kv_rows``); format forcing in
-:mod:`reflectune.oracles.local.forcing`.
+:mod:`reflectune.oracles.forcing`.
 Construction is instant: nothing is loaded until the first request (or ``count_tokens``), and
 torch and transformers are imported inside methods only.
 """

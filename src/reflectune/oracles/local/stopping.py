@@ -3,7 +3,7 @@
 ``generate`` takes one ``max_new_tokens`` and one list of stop strings for the whole batch, but the
 rows of a local batch differ (a critique stops at a marker, a section at ``[End]``). So one stopping
 criterion, :class:`RowStopper`, tracks every row: it ends a row at EOS, at one of *its* stop
-strings, at *its* budget or, for a forced section, at a verbatim loop (:func:`loop_period`) or a
+strings, at *its* budget or, for a forced section, at a verbatim loop (``forcing.loop_period``) or a
 format header line, records why, and ``generate`` pads the row from then on.
 :class:`NoEmptySection` keeps a forced section from ending before it has any text. Both need
 token classes of the vocabulary (:func:`vocab_classes`), computed once per tokenizer.
@@ -17,33 +17,11 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from reflectune.oracles.local.forcing import FORMAT_HEADER
+from reflectune.oracles.forcing import FORMAT_HEADER, LOOP_COPIES, LOOP_MAX_PERIOD, LOOP_MIN_SPAN, loop_period
 from reflectune.oracles.local.rows import Row
 
 __all__ = ["LOOP_COPIES", "LOOP_MAX_PERIOD", "LOOP_MIN_SPAN", "NoEmptySection", "RowStopper",
            "loop_period", "vocab_classes"]
-
-
-LOOP_COPIES = 2        # a block seen this many times back to back is a loop...
-LOOP_MIN_SPAN = 24     # ...once the repeated span is this many tokens (short blocks need more copies:
-#                        a sentence of 12+ tokens twice, a 8-token phrase three times, a word 24 times)
-LOOP_MAX_PERIOD = 96   # longest block looked for, in tokens
-
-
-def loop_period(ids: Sequence[int]) -> tuple[int, int]:
-    """``(period, copies)`` of a verbatim loop at the end of ``ids`` (its last ``period * copies``
-    tokens are one block repeated), or ``(0, 0)``. The stopper passes token shapes (see
-    ``vocab_classes``), so repeats that differ in spacing or numbering count too. Greedy decoding
-    that reaches such a state repeats it to the budget, so generating further is pure waste."""
-    n = len(ids)
-    for p in range(1, LOOP_MAX_PERIOD + 1):
-        copies = max(LOOP_COPIES, -(-LOOP_MIN_SPAN // p))
-        span = p * copies
-        if span > n or ids[-1] != ids[-1 - p]:
-            continue
-        if all(ids[n - span + k] == ids[n - span + k + p] for k in range(span - p)):
-            return p, copies
-    return 0, 0
 
 
 #: token classes per tokenizer, dropped with it. Keyed by the tokenizer itself, not by ``id()``: an

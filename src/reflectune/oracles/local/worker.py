@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reflectune.errors import OracleError
-from reflectune.oracles.local.forcing import FormatPlan, Segment
+from reflectune.oracles.forcing import FormatPlan, Segment
 from reflectune.oracles.local.kv_rows import Past
 from reflectune.types import ChatRequest, Completion
 

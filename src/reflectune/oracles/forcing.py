@@ -1,20 +1,24 @@
-"""Format forcing: how a local backend makes a small model write the reflection format.
+"""Format forcing: how a backend that can continue the assistant turn makes a small model write the
+reflection format.
 
-A 135M model will not reliably write ``[Better Answer] ... [End]`` on its own (DESIGN.md). Because a
-local backend owns the assistant turn, it can *prefill* it: let the model write a short critique
-first (the method's chain of thought), then write each section marker itself and let the model fill
-the section up to ``[End]``. The result is a transcript the strict parser accepts by construction:
-each requested marker appears exactly once and is closed by ``[End]``.
+A 135M model will not reliably write ``[Better Answer] ... [End]`` on its own (DESIGN.md). A backend
+that can *prefill* the assistant turn (a local model, or an HTTP server that continues a trailing
+assistant message) lets the model write a short critique first (the method's chain of thought), then
+writes each section marker itself and lets the model fill the section up to ``[End]``. The result is
+a transcript the strict parser accepts by construction: each requested marker appears exactly once
+and is closed by ``[End]``.
 
-This module is the per-request state machine only, pure string work with no torch: the batching
-layer asks each request for its next :class:`Segment` (a prefix to continue from, a token budget,
-stop strings), runs every segment of a batch in one ``generate`` and feeds the text back. Requests
-at different phases (or with different section tuples) share a batch freely.
+This module is the per-request state machine only, pure string work with no torch and no I/O, so the
+local batching layer and the HTTP oracle drive the same rules: each asks a request for its next
+:class:`Segment` (a prefix to continue from, a token budget, stop strings), runs it (one row of a
+batched ``generate``, or one chat request) and feeds the text back. Requests at different phases (or
+with different section tuples) share a local batch freely.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from reflectune.markers import END, PROMPT_HEADERS
@@ -23,7 +27,8 @@ from reflectune.types import ChatRequest
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_CRITIQUE_TOKENS = 64
 
-__all__ = ["DEFAULT_CRITIQUE_TOKENS", "DEFAULT_MAX_TOKENS", "FORMAT_HEADER", "FormatPlan", "Segment"]
+__all__ = ["DEFAULT_CRITIQUE_TOKENS", "DEFAULT_MAX_TOKENS", "FORMAT_HEADER", "LOOP_COPIES", "LOOP_MAX_PERIOD",
+           "LOOP_MIN_SPAN", "FormatPlan", "Segment", "loop_cut", "loop_period"]
 
 #: A line that is a bracketed header naming a part of the reflection format ("[The Better Answer]",
 #: "[Level of Detail]", "[New Question]"). A small model that writes one inside a forced section has
@@ -32,6 +37,52 @@ __all__ = ["DEFAULT_CRITIQUE_TOKENS", "DEFAULT_MAX_TOKENS", "FORMAT_HEADER", "Fo
 FORMAT_HEADER = re.compile(
     r"\n[ \t]*\[[^\]\n]{0,40}\b(?:Answers?|Instructions?|Questions?|Inputs?|Responses?|Outputs?|Details?|"
     r"Helpfulness|Relevance|Accuracy|Complexity|Feasibility|Critique|Reflection)\b[^\]\n]{0,40}\]")
+
+
+LOOP_COPIES = 2        # a block seen this many times back to back is a loop...
+LOOP_MIN_SPAN = 24     # ...once the repeated span is this many tokens (short blocks need more copies:
+#                        a sentence of 12+ tokens twice, a 8-token phrase three times, a word 24 times)
+LOOP_MAX_PERIOD = 96   # longest block looked for, in tokens
+
+
+def loop_period(ids: Sequence[int]) -> tuple[int, int]:
+    """``(period, copies)`` of a verbatim loop at the end of ``ids`` (its last ``period * copies``
+    tokens are one block repeated), or ``(0, 0)``. The local stopper passes token shapes
+    (``local.stopping.vocab_classes``), the HTTP oracle word shapes (:func:`loop_cut`), so repeats
+    that differ in spacing or numbering count too. Greedy decoding that reaches such a state repeats
+    it to the budget, so generating further is pure waste."""
+    n = len(ids)
+    for p in range(1, LOOP_MAX_PERIOD + 1):
+        copies = max(LOOP_COPIES, -(-LOOP_MIN_SPAN // p))
+        span = p * copies
+        if span > n or ids[-1] != ids[-1 - p]:
+            continue
+        if all(ids[n - span + k] == ids[n - span + k + p] for k in range(span - p)):
+            return p, copies
+    return 0, 0
+
+
+_UNIT = re.compile(r"\w+|[^\w\s]")
+
+
+def loop_cut(text: str) -> int | None:
+    """Where to cut ``text`` so that a verbatim loop at its end keeps one copy, or ``None``.
+
+    For text whose tokens are not at hand (an HTTP server's answer): its words and punctuation
+    marks stand in for tokens, compared by shape (numbers alike, spacing ignored), with
+    :func:`loop_period`'s rules. The loop is taken back to where it began, so what is kept is the
+    text before it and its block once.
+    """
+    units = list(_UNIT.finditer(text))
+    names: dict[str, int] = {}
+    shapes = [-1 if m.group().isdigit() else names.setdefault(m.group(), len(names)) for m in units]
+    period, copies = loop_period(shapes)
+    if not period:
+        return None
+    start = len(shapes) - period * copies
+    while start > 0 and shapes[start - 1] == shapes[start - 1 + period]:
+        start -= 1
+    return units[start + period - 1].end()
 
 
 @dataclass(frozen=True, slots=True)
