@@ -38,7 +38,8 @@ ALLOWED: dict[str, set[str]] = {
     "oracles": {"types", "errors", "config", "markers", "models"},
     # L3: the engine and the stages.
     "engine": L1 | {"store", "oracles"},
-    "recycling": L1 | L2 | {"engine"},
+    # recycle --verify asks the judge, by its own rules (one protocol, not two)
+    "recycling": L1 | L2 | {"engine", "judging"},
     "generation": L1 | L2 | {"engine"},
     "judging": L1 | L2 | {"engine"},
     "scoring": L1 | {"io", "prompts", "store", "models"},

@@ -63,3 +63,10 @@ def test_any_text_parses_or_gives_a_reason(text: str) -> None:
     assert result.ok == (result.reason is None)
     if result.ok:
         assert set(result.values) == {"instruction", "output"} and all(result.values.values())
+
+
+def test_the_critique_is_the_text_before_the_first_section() -> None:
+    text = "The answer lacks [detail].\n[New Answer]\nA.\n[End]\n[New Instruction]\nQ?\n[End]"
+    result = parse_reflection(text, ["[New Instruction]", "[New Answer]"], ["instruction", "output"])
+    assert result.ok and result.critique == "The answer lacks [detail]."
+    assert parse_reflection("[Better Answer] Hi. [End]", ["[Better Answer]"], ["output"]).critique == ""

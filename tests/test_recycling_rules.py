@@ -296,9 +296,10 @@ def test_variants_line_records_every_variant_with_status_reason_and_calls() -> N
     assert (line["id"], line["row"], line["status"]) == ("r7", 8, "A")
     assert list(line["variants"]) == ["ori", "Q", "A", "QA"]
     assert line["variants"]["Q"] == {"instruction": None, "input": None, "output": None,
-                                     "status": "parse_failed", "reason": "missing [New Answer]", "calls": []}
+                                     "status": "parse_failed", "reason": "missing [New Answer]", "gate": None,
+                                     "critique": None, "calls": []}
     assert line["variants"]["A"] == {"instruction": "x0", "input": "i0", "output": "y_res", "status": "ok",
-                                     "reason": None, "calls": ["key"]}
+                                     "reason": None, "gate": None, "critique": None, "calls": ["key"]}
     assert line["variants"]["QA"]["status"] == "skipped" and line["variants"]["QA"]["reason"] == "Q failed"
     assert json.loads(json.dumps(line)) == line
 

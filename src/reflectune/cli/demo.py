@@ -1,8 +1,9 @@
 """``reflectune demo``: the main job, offline, on the bundled 20-row Alpaca sample.
 
 It is the README's first quickstart command: no API key, no network, the embedded SmolLM2 model
-as the oracle, with token budgets small enough for a laptop CPU. It prints the summary, the run
-folder and a before/after pair, so a new user sees what reflection does in a few minutes.
+as the oracle, with token budgets small enough for a laptop CPU. It prints the summary with the
+quality gates' rejections, one kept and one rejected before/after pair, so a new user sees in a few
+minutes what reflection does, and how often a 135M oracle fails at it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from rich.panel import Panel
 from rich.table import Table
 
 from reflectune.cli.display import finish, progress_table, summary_table
-from reflectune.config import EngineConfig, OracleConfig, RecycleConfig, SamplingConfig
+from reflectune.config import (
+    EngineConfig,
+    GatesConfig,
+    OracleConfig,
+    RecycleConfig,
+    SamplingConfig,
+    gates_option,
+    validated,
+)
 
 DEMO_FILE = "demo_alpaca20.json"
 
@@ -33,13 +42,15 @@ def _clip(text: str | None, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit].rstrip() + " …"
 
 
-def before_after(line: dict) -> Table:
+def before_after(line: dict, name: str | None = None) -> Table:
+    """The original pair beside variant ``name`` (default: the one the row kept)."""
     variants = line["variants"]
-    chosen = variants[line["status"]]
+    name = name or line["status"]
+    chosen = variants[name]
     ori = variants["ori"]
     table = Table(show_header=True, header_style="bold", expand=True)
     table.add_column("original", ratio=1)
-    table.add_column(f"recycled ({line['status']})", ratio=1)
+    table.add_column(f"recycled ({name})", ratio=1)
     before_instruction = ori["instruction"] + (f"\n\nInput: {ori['input']}" if ori.get("input") else "")
     table.add_row(_clip(before_instruction), _clip(chosen["instruction"]))
     table.add_row(_clip(ori["output"]), _clip(chosen["output"]))
@@ -53,6 +64,7 @@ def demo_command(
     max_tokens: int = typer.Option(192, help="Completion budget per call."),
     critique_tokens: int = typer.Option(32, help="Critique budget before the forced markers."),
     batch_size: int = typer.Option(16, help="Requests per batch on the local model."),
+    gates: str = typer.Option("all", help="Quality gates, as for recycle (all | none | a list)."),
 ) -> None:
     """Recycle the bundled Alpaca sample with the embedded model: offline, no API key."""
     from reflectune.recycling.run import recycle
@@ -62,7 +74,7 @@ def demo_command(
         oracle=OracleConfig(spec=oracle, batch_size=batch_size),
         sampling=SamplingConfig(max_tokens=max_tokens, critique_tokens=critique_tokens),
         engine=EngineConfig(max_failure_rate=1.0),
-        limit=rows)
+        limit=rows, gates=validated(GatesConfig, **gates_option(gates)))
     console.print(f"[bold]reflectune demo[/]: recycling {rows} Alpaca rows with [bold]{oracle}[/] "
                   "(offline; the first run converts the embedded model once, about 30 s)")
     started = time.monotonic()
@@ -71,12 +83,25 @@ def demo_command(
                           on_tick=lambda p, s: live.update(progress_table(p, s, time.monotonic() - started)))
     console.print(summary_table(summary))
     lines = [json.loads(x) for x in summary.variants.read_text(encoding="utf-8").splitlines()]
-    shown = [x for x in lines if x["status"] != "ori"][:1] or lines[:1]
-    for line in shown:
-        console.print(Panel(before_after(line), title=f"before / after (row {line['row']})"))
+    kept = next((x for x in lines if x["status"] != "ori"), None)
+    if kept is not None:
+        console.print(Panel(before_after(kept), title=f"kept: before / after (row {kept['row']})"))
+    rejected = next(((x, name) for x in lines for name in ("A", "QA", "Q")
+                     if x["variants"][name]["status"] == "rejected"), None)
+    if rejected is not None:
+        line, name = rejected
+        variant = line["variants"][name]
+        console.print(Panel(before_after(line, name), title=f"rejected: row {line['row']} {name}",
+                            subtitle=f"gate {variant['gate']}"))
+        console.print(f"  why: {variant['reason']}", markup=False)
     console.print(f"output:   {summary.output}\nvariants: {summary.variants}\nrun:      {summary.run_dir}")
-    console.print("A 135M model makes a weak oracle: point --oracle at a strong one for real data, "
-                  "e.g. `reflectune recycle data.json --oracle openai:gpt-4o-mini`.")
+    parsed = sum(n for key, n in summary.variant_status.items()
+                 if key.split(":")[1] in ("ok", "rejected") and not key.startswith("ori:"))
+    refused = sum(summary.gates.values())
+    console.print(f"The quality gates rejected {refused} of the {parsed} rewrites that parsed: a 135M oracle "
+                  "mostly echoes its critique or copies the original, and the gates say so. For real data "
+                  "point --oracle at a strong model, e.g. `reflectune recycle data.json --oracle "
+                  "openai:gpt-4o-mini --verify openai:gpt-4o-mini`.", soft_wrap=False)
     finish(console, summary.outcome)
 
 

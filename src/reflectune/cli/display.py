@@ -54,6 +54,16 @@ def summary_table(summary: Any) -> Table:
         variant, status = key.split(":")
         if variant != "ori":
             table.add_row(f"variant {variant} {status}", f"{count:,}")
+    for gate, count in getattr(summary, "gates", {}).items():
+        table.add_row(f"  rejected by gate {gate}", f"{count:,}")
+    verify = getattr(summary, "verify", None)
+    if verify:
+        for outcome, count in verify["verdicts"].items():
+            table.add_row(f"judge verdicts: {outcome}", f"{count:,}")
+        judge = verify["judge"]
+        table.add_row("judge calls made / from store", f"{judge['sent']:,} / {judge['cached']:,}")
+        cost = verify.get("cost_usd")
+        table.add_row("judge cost", "unknown (no price for this model)" if cost is None else f"${cost:.4f}")
     stats = summary.stats
     table.add_row("oracle calls made", f"{stats['sent']:,}")
     table.add_row("answered from store", f"{stats['cached']:,}")

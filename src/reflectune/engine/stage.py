@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,17 +108,20 @@ class Stage:
         live = self.live() if self.live is not None else {}
         self.run.update_manifest(self.name, self.manifest | live | extra | {"status": status})
 
-    def outcome(self, produced: int, unit: str) -> RunOutcome:
-        """This run's outcome so far: the calls still failed (grouped by kind) and what it produced."""
+    def outcome(self, produced: int, unit: str, *, also: Sequence[Engine] = ()) -> RunOutcome:
+        """This run's outcome so far: the calls still failed (grouped by kind) and what it produced.
+
+        ``also``: other engines of this stage (a judge's) whose failed calls count too."""
         failures: dict[str, tuple[int, str]] = {}
         final = False
-        for record in self.engine.failed.values():
+        failed = [r for e in (self.engine, *also) for r in e.failed.values()]
+        for record in failed:
             kind = record.error_kind or "error"
             count, example = failures.get(kind, (0, (record.error or "").splitlines()[0][:300]
                                                  if record.error else kind))
             failures[kind] = (count + 1, example)
             final = final or final_failure(record.error_kind)
-        return RunOutcome(len(self.engine.failed), dict(sorted(failures.items())), final, produced, unit)
+        return RunOutcome(len(failed), dict(sorted(failures.items())), final, produced, unit)
 
 
 @contextlib.asynccontextmanager

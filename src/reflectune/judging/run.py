@@ -60,6 +60,7 @@ __all__ = [
     "Pairing",
     "ajudge",
     "judge",
+    "judge_pair",
     "pair_answers",
     "read_answers",
     "summarize",
@@ -296,6 +297,17 @@ async def _judge_item(engine: Engine, a: Answer, b: Answer, *, mode: Mode, retry
                      sample_id=f"{dataset}/{item_id}", prompts_dir=prompts_dir)
         for a_first in (True, False))))
     return item
+
+
+async def judge_pair(engine: Engine, question: str, answer: str, baseline: str, *, item_id: str,
+                     mode: Mode = "score", retry_unparsed: bool = True, max_tokens: int | None = 1024,
+                     prompts_dir: str | None = None, dataset: str = "verify") -> ItemJudgment:
+    """``answer`` (A) against ``baseline`` (B) on ``question``, in both orders, by the judge's rules:
+    the same prompts, parsing and both-order rule as ``reflectune judge``, so a verdict here means
+    what it means there. ``outcome`` is A's: win, tie or lose (None when a review failed)."""
+    return await _judge_item(engine, Answer(0, question, answer, dataset, item_id),
+                             Answer(0, question, baseline, dataset, item_id), mode=mode,
+                             retry_unparsed=retry_unparsed, max_tokens=max_tokens, prompts_dir=prompts_dir)
 
 
 def summarize(items: list[ItemJudgment]) -> dict[str, Any]:

@@ -59,6 +59,8 @@ class ParseResult:
     ok: bool
     values: dict[str, str] = field(default_factory=dict)
     reason: str | None = None
+    #: the text before the first section: the oracle's critique (the quality gates compare with it)
+    critique: str = field(default="", compare=False)
 
 
 def _occurrences(text: str, marker: str) -> list[int]:
@@ -111,7 +113,7 @@ def parse_reflection(text: str | None, sections: Sequence[str], fields: Sequence
     The rule for where sections open and end is in the module docstring. Example::
 
         >>> parse_reflection("Critique. [Better Answer] Hi. [End]", ["[Better Answer]"], ["output"])
-        ParseResult(ok=True, values={'output': 'Hi.'}, reason=None)
+        ParseResult(ok=True, values={'output': 'Hi.'}, reason=None, critique='Critique.')
         >>> parse_reflection("[Better Answer]\\nIn BBCode, [End] closes a tag.\\n[End]",
         ...                  ["[Better Answer]"], ["output"]).values
         {'output': 'In BBCode, [End] closes a tag.'}
@@ -148,4 +150,4 @@ def parse_reflection(text: str | None, sections: Sequence[str], fields: Sequence
         if _is_placeholder(value, placeholders):
             return ParseResult(False, reason=f"{marker} echoes the prompt's placeholder ({value[:40]!r})")
         values[name] = value
-    return ParseResult(True, values)
+    return ParseResult(True, values, critique=text[:min(starts.values())].strip())

@@ -12,6 +12,7 @@ Format forcing is asked for only from an oracle whose capabilities say it can pr
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -27,10 +28,12 @@ from reflectune.prompts.render import (
     RESPONSE,
     RESPONSE_INPUT,
     ReflectionKind,
+    Template,
     load_template,
     render,
     with_reminder,
 )
+from reflectune.recycling.gates import apply_gates
 from reflectune.recycling.rules import (
     MAX_TOKENS_CAP,
     MIN_COMPLETION_TOKENS,
@@ -39,18 +42,26 @@ from reflectune.recycling.rules import (
     choose,
     skipped,
 )
+from reflectune.recycling.verify import Verifier
 from reflectune.types import ChatRequest, Sample
 
 
 class Reflector:
     """Turns one sample into its four variants through ``engine``."""
 
-    def __init__(self, engine: Engine, config: RecycleConfig) -> None:
+    def __init__(self, engine: Engine, config: RecycleConfig, verifier: Verifier | None = None) -> None:
         self.engine = engine
+        self.verifier = verifier
         self.config = config
         self.sampling = config.sampling
         self.prompts_dir = config.prompts_dir
         self.prefill = engine.oracle.capabilities.prefill
+
+    @staticmethod
+    @functools.cache
+    def _task(template: Template) -> str:
+        """The prompt's own wording: the template rendered without the sample's texts."""
+        return "\n".join(m.content for m in render(template, instruction="", input="", answer=""))
 
     def _request(self, messages: tuple, kind: ReflectionKind) -> ChatRequest:
         oracle = self.engine.oracle
@@ -79,7 +90,8 @@ class Reflector:
             parsed = parse_reflection(record.content, kind.sections, kind.fields,
                                       finish_reason=record.finish_reason, placeholders=kind.placeholders)
             if parsed.ok:
-                return parsed.values, Variant(None, None, None, "ok", None, calls)
+                return parsed.values, Variant(None, None, None, "ok", None, calls,
+                                              critique=parsed.critique, task=self._task(template))
             if attempt == 0:
                 messages, reminder_id = with_reminder(messages, kind, parsed.reason or "", self.prompts_dir)
                 version = f"{version}+{reminder_id}"
@@ -107,14 +119,16 @@ class Reflector:
                                              instruction=instruction, answer=sample.output)
         if values is None:
             return status, skipped("Q failed")
-        q = Variant(values["instruction"], "", values["output"], "ok", None, status.calls)
+        q = Variant(values["instruction"], "", values["output"], "ok", None, status.calls,
+                    critique=status.critique, task=status.task)
         if "response" not in phases:
             return q, skipped("response phase not requested")
         values, status = await self._reflect(RESPONSE, "response", sample.id,
                                              instruction=values["instruction"], answer=values["output"])
         if values is None:
             return q, status
-        return q, Variant(q.instruction, "", values["output"], "ok", None, status.calls)
+        return q, Variant(q.instruction, "", values["output"], "ok", None, status.calls,
+                          critique=status.critique, task=status.task)
 
     async def _response(self, sample: Sample) -> Variant:
         kind = RESPONSE_INPUT if sample.input.strip() else RESPONSE
@@ -123,7 +137,8 @@ class Reflector:
                                              answer=sample.output, **extra)
         if values is None:
             return status
-        return Variant(sample.instruction, sample.input, values["output"], "ok", None, status.calls)
+        return Variant(sample.instruction, sample.input, values["output"], "ok", None, status.calls,
+                       critique=status.critique, task=status.task)
 
     async def reflect(self, sample: Sample) -> SampleResult:
         phases = self.config.phases
@@ -146,6 +161,9 @@ class Reflector:
             q, qa = skipped("instruction phase not requested"), skipped("instruction phase not requested")
         a = done[-1] if "response" in phases else skipped("response phase not requested")
         variants = {"ori": ori, "Q": q, "A": a, "QA": qa}
+        apply_gates(sample, variants, self.config.gates)
+        if self.verifier is not None:
+            await self.verifier.verify(sample, variants)
         return SampleResult(sample, variants, choose(variants))
 
 
@@ -158,6 +176,8 @@ class RecycleProgress:
     passthrough: int = 0
     chosen: Counter[str] = field(default_factory=Counter)
     variant_status: Counter[str] = field(default_factory=Counter)
+    #: rejected variants by quality gate
+    gates: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -189,6 +209,8 @@ async def run_samples(reflector: Reflector, samples: Iterator[Sample], *,
             progress.chosen[result.chosen] += 1
             for name, variant in result.variants.items():
                 progress.variant_status[f"{name}:{variant.status}"] += 1
+                if variant.gate:
+                    progress.gates[variant.gate] += 1
             on_result(result)
     except BaseException:
         # Let calls already on the wire finish and be stored: that work is paid for.

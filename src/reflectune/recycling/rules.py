@@ -24,9 +24,17 @@ class Variant:
     instruction: str | None
     input: str | None
     output: str | None
-    status: str                       # ok | parse_failed | call_failed | skipped
+    status: str                       # ok | rejected | parse_failed | call_failed | skipped
     reason: str | None = None
     calls: list[str] = field(default_factory=list)
+    #: the oracle's critique before the sections ("" when it wrote none)
+    critique: str = ""
+    #: the quality gate that rejected it (status ``rejected``)
+    gate: str | None = None
+    #: the prompt's own wording, for the echo gate; not written out
+    task: str = field(default="", repr=False, compare=False)
+    #: the judge's verdict (``--verify``): outcome, scores per order, error
+    verdict: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -34,7 +42,12 @@ class Variant:
 
     def as_json(self) -> dict[str, Any]:
         return {"instruction": self.instruction, "input": self.input, "output": self.output,
-                "status": self.status, "reason": self.reason, "calls": self.calls}
+                "status": self.status, "reason": self.reason, "gate": self.gate,
+                "critique": self.critique or None, "calls": self.calls,
+                **({"verdict": self.verdict} if self.verdict is not None else {})}
+
+    def reject(self, gate: str, reason: str) -> None:
+        self.status, self.gate, self.reason = "rejected", gate, reason
 
 
 @dataclass

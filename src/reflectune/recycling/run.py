@@ -19,7 +19,7 @@ from typing import Any
 
 from reflectune.config import RecycleConfig
 from reflectune.contracts import VARIANTS_FILE
-from reflectune.engine.runner import EngineStats
+from reflectune.engine.runner import Engine, EngineStats
 from reflectune.engine.stage import RunOutcome, open_stage
 from reflectune.errors import ConfigError, DataError
 from reflectune.io import DatasetWriter, RejectSink, output_format, read_samples
@@ -30,6 +30,7 @@ from reflectune.oracles.pricing import with_overrides
 from reflectune.prompts.render import INSTRUCTION, MERGE, RESPONSE, RESPONSE_INPUT, load_template, render
 from reflectune.recycling.reflector import RecycleProgress, Reflector, run_samples
 from reflectune.recycling.rules import SampleResult, chosen_texts, default_output_name, output_columns
+from reflectune.recycling.verify import Verifier
 from reflectune.store.rundir import default_run_dir, read_manifest
 
 TICK_SECONDS = 0.5
@@ -53,6 +54,10 @@ class RecycleSummary:
     examples: list[dict[str, Any]] = field(default_factory=list)
     #: the one exit rule's verdict: calls still failed (by reason) and the variants it reflected
     outcome: RunOutcome = field(default_factory=RunOutcome)
+    #: parsed variants the quality gates rejected, by gate
+    gates: dict[str, int] = field(default_factory=dict)
+    #: judge-verified acceptance: verdicts, and the judge's calls and cost (None: not asked)
+    verify: dict[str, Any] | None = None
 
 
 def _samples(path: InputFile, config: RecycleConfig, rejects: RejectSink | None):
@@ -72,6 +77,12 @@ class _Counter:
 
     def add(self, *_: Any) -> None:
         self.count += 1
+
+
+def _verify_live(verifier: Verifier, judge: Engine) -> dict[str, Any]:
+    stats = judge.stats
+    return {"verdicts": dict(sorted(verifier.verdicts.items())), "judge": judge.stats.as_dict(),
+            "cost_usd": round(stats.cost, 6) if judge.prices is not None else None}
 
 
 def _check_same_input(folder: Path, origin: str) -> None:
@@ -162,6 +173,10 @@ async def _arecycle(source: InputFile, output: str | os.PathLike[str] | None, co
             stage.file("rejects.jsonl").unlink(missing_ok=True)  # rewritten in full on every run
         examples: list[dict[str, Any]] = []
         known_price = engine.prices is not None
+        judge = verifier = None
+        if config.verify is not None:
+            judge = Engine(make_oracle(config.verify.judge, session=session), stage.store, config.engine)
+            verifier = Verifier(judge, config.verify)
 
         def live() -> dict[str, Any]:
             return {
@@ -169,6 +184,8 @@ async def _arecycle(source: InputFile, output: str | os.PathLike[str] | None, co
                 "rejected": rejects.count if rejects else invalid,
                 "chosen": dict(progress.chosen),
                 "variant_status": dict(sorted(progress.variant_status.items())),
+                "rejected_by_gate": dict(sorted(progress.gates.items())),
+                **({"verify": _verify_live(verifier, judge)} if verifier and judge else {}),
                 "engine": engine.stats.as_dict(), "calls_in_store": stage.store.call_totals(),
                 "cost_usd": round(engine.stats.cost, 6) if known_price else None,
                 "elapsed_s": round(time.monotonic() - started, 3)}
@@ -201,24 +218,29 @@ async def _arecycle(source: InputFile, output: str | os.PathLike[str] | None, co
                         examples.append(result.variants_line())
 
                 window = max(16, 2 * engine.concurrency)
-                await run_samples(Reflector(engine, config), _samples(source, config, rejects),
+                await run_samples(Reflector(engine, config, verifier), _samples(source, config, rejects),
                                   on_result=on_result, window=window, progress=progress)
         finally:
             ticker.cancel()
             if rejects is not None:
                 rejects.close()
+            if judge is not None:
+                await judge.__aexit__(None, None, None)
         if on_tick:
             on_tick(progress, engine.stats)
         reflected = sum(n for key, n in progress.variant_status.items()
                         if key.endswith(":ok") and not key.startswith("ori:"))
-        outcome = stage.outcome(reflected, "reflected variants")
+        outcome = stage.outcome(reflected, "reflected variants that passed the quality gates"
+                                if progress.gates else "reflected variants", also=[judge] if judge else [])
         stage.write("complete", outcome=outcome.as_dict())
         stats = engine.stats.as_dict() | {"cost_usd": engine.stats.cost if known_price else None}
+        verified = _verify_live(verifier, judge) if verifier and judge else None
     return RecycleSummary(
         run_dir=folder, output=out_path, variants=folder / VARIANTS_FILE, rows=progress.done,
         passthrough=progress.passthrough, rejected=rejects.count if rejects else 0,
         chosen=dict(progress.chosen), variant_status=dict(sorted(progress.variant_status.items())),
-        stats=stats, elapsed_s=time.monotonic() - started,
+        stats=stats, gates=dict(sorted(progress.gates.items())), verify=verified,
+        elapsed_s=time.monotonic() - started,
         rejects=folder / "rejects.jsonl" if rejects and rejects.count else None, examples=examples,
         outcome=outcome)
 

@@ -6,7 +6,7 @@ must be a pure function of the request messages so reruns give identical bytes a
 be compared byte for byte. So this module only does string work: it recognises which reflectune prompt
 it was sent (by the method's marker strings, METHOD.md §2 and §7.1), pulls the original sections out of
 it, and writes an answer in the right format. Variation between samples comes from a hash of the
-messages, never from a random generator.
+messages, never from an unseeded random generator.
 
 Deliberate imperfections, each a deterministic subset chosen by hash:
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,6 +60,22 @@ _INSTRUCTION_PREFIXES = (
     "Give a detailed, step-by-step treatment, stating your assumptions:",
     "Answer thoroughly, comparing at least two approaches and their trade-offs:",
     "Provide a complete explanation suitable for a careful beginner, with a worked example:",
+)
+#: Added after the original instruction, so a rewritten instruction is more than a copy of it.
+_INSTRUCTION_SUFFIXES = (
+    "Then say which of your points matters most in practice, what a careful reader could still get "
+    "wrong about it, and how you would check the result against a second independent source.",
+    "Finish with a short worked example, the two most common mistakes people make here, and a "
+    "one-paragraph summary that someone new to the subject could follow without any further help.",
+    "Compare at least two ways of doing this, state the trade-offs of each in plain words, and end "
+    "with a recommendation for a beginner and another one for an expert with limited time.",
+)
+_STEPS = (
+    "state what is being asked and why it matters",
+    "name the facts the answer rests on",
+    "work through the main case with concrete numbers",
+    "check the edge cases and where the reasoning stops holding",
+    "say plainly what could still go wrong",
 )
 _ANSWER_OPENERS = (
     "Here is a detailed answer.",
@@ -94,6 +111,7 @@ _SLOTS = {
             "crit-a",
             "crit-b",
             "crit-score",
+            "suffix",
         )
     )
 }
@@ -239,17 +257,22 @@ def _critique(key: str, subject: str) -> str:
 def _elaborate(key: str, topic: str, base: str) -> str:
     opener = _pick(key, "opener", _ANSWER_OPENERS)
     n = 2 + int(_unit(key, "steps") * 3)
-    steps = " ".join(
-        f"Step {i}: consider aspect {i} of the question and justify it." for i in range(1, n + 1)
-    )
+    steps = " ".join(f"Step {i}: {_STEPS[i - 1]}." for i in range(1, n + 1))
     core = base or f"The question concerns: {topic[:200]}."
-    return f"{opener} {core} {steps} In summary, each point above answers part of it (ref {key[:8]})."
+    # New words of about the original's length, so the rewrite is no near-copy of its source (the
+    # quality gates' "unchanged"): the source's words in an order drawn from this request's key.
+    retold_words = core.split()[:200]
+    random.Random(key).shuffle(retold_words)
+    retold = " ".join(retold_words)
+    return (f"{opener} {core} Seen from the other end: {retold} {steps} "
+            f"In summary, each point above answers part of it (ref {key[:8]}).")
 
 
 def _instruction_reflection(key: str, text: str, bad: bool) -> str:
     instruction, inp, answer = _pair_parts(text)
     original = f"{instruction} {inp}".strip() if inp else instruction
-    new_instruction = f"{_pick(key, 'prefix', _INSTRUCTION_PREFIXES)} {original}"
+    new_instruction = (f"{_pick(key, 'prefix', _INSTRUCTION_PREFIXES)} {original} "
+                       f"{_pick(key, 'suffix', _INSTRUCTION_SUFFIXES)}")
     new_answer = _elaborate(key, new_instruction, answer)
     critique = _critique(key, "instruction")
     if bad:
