@@ -348,3 +348,15 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
                           tmp_path / "d2.json")
     assert main(["score", str(run), "--no-rifd"]) == 2
     assert main(["select", str(data), "--top-k", "0.5"]) == 2
+
+
+def test_reduced_precision_results_are_keyed_by_their_batch_budget() -> None:
+    """bf16 losses move with the batch's composition; fp32 ones do not (issue 21, item 11)."""
+    from reflectune.scoring.rules import precision_key, score_namespace
+
+    assert precision_key("float32", 8192) == precision_key("float32", 256) == "float32"
+    assert precision_key("bfloat16", 8192) != precision_key("bfloat16", 256)
+    assert precision_key("bfloat16", 8192, "vllm") == "bfloat16@8192+vllm"
+    spaces = {score_namespace("fp", "vicuna", 2048, precision_key(d, b)) for d in ("bfloat16", "float16")
+              for b in (256, 8192)}
+    assert len(spaces) == 4

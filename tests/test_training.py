@@ -10,8 +10,11 @@ the ``wiz`` template (the shortest prompt), max length 64 and a handful of steps
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -266,3 +269,59 @@ def test_gpu_picks_half_precision(data32: Path, tmp_path: Path) -> None:
     trainer, info = build_trainer(data32, "embedded", tmp_path / "g", max_samples=8, **FAST)
     assert info["device"] == "cuda" and info["dtype"] in ("bfloat16", "float16")
     assert trainer.args.bf16 == (info["dtype"] == "bfloat16")
+
+
+# -- the real thing: kill -9 in the middle of a checkpoint save, then --resume ------------------------
+
+KILL_RECIPE = ["--template", "wiz", "--max-length", "64", "--global-batch", "4", "--per-device-batch", "2",
+        "--warmup-ratio", "0", "--no-gradient-checkpointing", "--epochs", "3", "--lr", "1e-4",
+        "--save-steps", "1", "--save-total-limit", "0", "--max-samples", "4", "-q"]  # = FULL, lr 1e-4
+
+
+def _train(data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "reflectune", "train", str(data), "--base", "embedded", "-o", str(out),
+            *KILL_RECIPE, *extra]
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+def test_kill_9_during_a_checkpoint_save_resumes_from_the_one_before(full_run: tuple[object, Path],
+                                                                      data32: Path, tmp_path: Path) -> None:
+    """The same recipe as ``full_run`` (its weights are the uninterrupted reference), with a checkpoint
+    every step; killed while checkpoint-2 is being written, then resumed."""
+    _, reference = full_run
+    data = data32
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_train(data, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    target = out / "checkpoint-2"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if target.is_dir() and not (target / "trainer_state.json").exists():
+            proc.send_signal(signal.SIGKILL)  # the save of checkpoint-2 has begun and not ended
+            break
+        time.sleep(0.002)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the kill must land during the save"
+    assert (out / "checkpoint-1" / "trainer_state.json").is_file()
+    assert not (target / "trainer_state.json").exists()
+
+    again = subprocess.run(_train(data, out), capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode != 0 and "--resume" in again.stderr and "Traceback" not in again.stderr
+    other = subprocess.run(_train(data, out, "--resume", "--lr", "1e-3"), capture_output=True, text=True,
+                           env=env, timeout=600)
+    assert other.returncode != 0 and "learning_rate 0.0001 then, 0.001 now" in other.stderr
+    resumed = subprocess.run(_train(data, out, "--resume"), capture_output=True, text=True, env=env,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "skipping checkpoint-2" in resumed.stderr
+    manifest = json.loads((out / "reflectune-train.json").read_text())
+    assert manifest["resumed_from"].endswith("checkpoint-1") and manifest["steps"] == 3
+    final, expected = _weights(out), _weights(reference)
+    assert final.keys() == expected.keys()
+    assert all(final[k].equal(expected[k]) for k in expected), "resumed weights differ from a straight run"

@@ -26,9 +26,17 @@ BASE_HELP = "Base model: embedded | hf:PATH | a model folder | a .gguf file."
 
 @contextmanager
 def train_progress(console: Console, quiet: bool) -> Iterator[Callable[[dict[str, Any]], None] | None]:
-    """A rich progress bar fed by ``train()``'s ``on_log`` events (None when quiet or not rank 0)."""
-    if quiet or os.environ.get("RANK", "0") != "0":
+    """A rich progress bar fed by ``train()``'s ``on_log`` events; quiet: the notes only (a skipped
+    checkpoint, a resume that cannot be checked are never silent). None on ranks other than 0."""
+    if os.environ.get("RANK", "0") != "0":
         yield None
+        return
+    if quiet:
+        def notes(event: dict[str, Any]) -> None:
+            if event.get("event") == "note":
+                console.print(f"note: {event['message']}")
+
+        yield notes
         return
     bar = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("epoch {task.fields[epoch]}  loss {task.fields[loss]}  lr {task.fields[lr]}  "
@@ -102,7 +110,9 @@ def train_command(
     seed: int = typer.Option(_D.seed, help="Random seed."),
     save_steps: int = typer.Option(_D.save_steps, help="Save a checkpoint every N optimizer steps."),
     save_total_limit: int = typer.Option(_D.save_total_limit, help="Checkpoints kept (0 keeps all)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in -o DIR."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last complete checkpoint in -o "
+                                "DIR (refused if the options or the data differ from the run's start)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Let -o DIR replace a trained model it holds."),
     report_to: str = typer.Option(_D.report_to, help="none | tensorboard | wandb (must be installed)."),
     world_size: int | None = typer.Option(None, help="Processes to plan for (--dry-run); default: "
                                           "WORLD_SIZE or 1."),
@@ -137,7 +147,7 @@ def train_command(
         per_device_batch=per_device_batch, template=template, lora=lora, lora_r=lora_r,
         lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets, merge=merge,
         dtype=dtype, gradient_checkpointing=gradient_checkpointing, seed=seed, save_steps=save_steps,
-        save_total_limit=save_total_limit or None, resume=resume, report_to=report_to,
+        save_total_limit=save_total_limit or None, resume=resume, overwrite=overwrite, report_to=report_to,
         world_size=world_size, max_samples=max_samples, prompts_dir=prompts, sft=parse_sft_overrides(sft))
     console = Console(stderr=True)
     if dry_run:

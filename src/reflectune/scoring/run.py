@@ -7,7 +7,9 @@ committed), and its lines appended to a temporary ``scores.jsonl`` renamed into 
 A killed run resumes from the store; a finished one reruns without loading the model.
 
 The store namespace carries everything that changes a loss: scoring version, student fingerprint,
-template, max_length and dtype. Change one and only the affected computations run again.
+template, max_length and dtype, and in reduced precision the batch budget (``--batch-tokens``), since
+a bf16 loss moves with its batch's composition. Change one and only the affected computations run
+again; a run resumed with another batch budget after an out-of-memory error never mixes both.
 
 The ``score`` section of run.json records what was scored: ``inputs`` holds the sha256 of the
 ``variants.jsonl`` (or dataset) bytes, so ``select`` can tell stale scores from fresh ones; and every
@@ -32,7 +34,7 @@ from reflectune.contracts import SCORES_FILE, VARIANT_NAMES, VARIANTS_FILE, Vari
 from reflectune.errors import ConfigError, DataError
 from reflectune.io.atomic import atomic_open
 from reflectune.io.jsonl import read_jsonl
-from reflectune.scoring.rules import score_namespace
+from reflectune.scoring.rules import precision_key, score_namespace
 from reflectune.scoring.scorer import IFDScorer, ScorerStats
 from reflectune.store.rundir import RunFolder, default_run_dir
 
@@ -232,9 +234,8 @@ def score(source: str | os.PathLike[str], config: ScoreConfig | None = None, *,
     chosen_dtype = pick_dtype(chosen_device, dtype)
     if backend == "vllm" and not chosen_device.startswith("cuda"):
         raise ConfigError(f"--backend vllm needs a CUDA GPU; the device here is {chosen_device}")
-    # vLLM's kernels give slightly different numbers: its results get their own namespace
     namespace = score_namespace(fingerprint, template, max_length,
-                                f"{chosen_dtype}+{backend}" if backend == "vllm" else chosen_dtype)
+                                precision_key(chosen_dtype, batch_tokens, backend))
     inputs = input_hashes(src)  # before the first read: a later edit shows up as a text_key mismatch
     total = _count(records())
     setup = {"student": student, "fingerprint": fingerprint, "template": template,

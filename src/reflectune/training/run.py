@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sys
 import time
 import warnings
@@ -32,6 +33,13 @@ from typing import Any, cast
 from reflectune.errors import ConfigError, DataError
 from reflectune.io.atomic import write_text_atomic
 from reflectune.prompts.student import response_separator, student_prompt
+from reflectune.training.folder import (
+    check_output,
+    check_resume,
+    complete_checkpoint,
+    start_record,
+    write_start,
+)
 from reflectune.training.rules import (
     ACCELERATE_CONFIGS,
     TrainConfig,
@@ -135,6 +143,33 @@ def build_examples(samples: Iterable[Sample], template: str, tokenizer: Any,
 # --------------------------------------------------------------------------- trainer
 
 
+def _keep_metrics_until(path: Path, step: int) -> None:
+    """Drop the metrics of steps after ``step``: a resume trains them again and logs them anew, so
+    each step appears once."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except ValueError:
+            continue  # a line cut by the kill
+    if len(kept) != len(lines):
+        write_text_atomic(path, "".join(f"{line}\n" for line in kept))
+
+
+def _check_schedule(steps: int, warmup: int) -> None:
+    """A schedule that cannot change the weights is an error, not a successful run."""
+    if steps < 1:
+        raise ConfigError("the schedule has 0 optimizer steps: more data, more epochs or a smaller "
+                          "--global-batch")
+    if steps <= warmup and steps == 1:
+        raise ConfigError(f"the schedule trains at learning rate 0: its one step is a warmup step "
+                          f"(warmup {warmup} of {steps}); pass --warmup-ratio 0, or train longer")
+
+
 def _metrics_callback(path: Path, on_log: Callable[[dict[str, Any]], None] | None) -> Any:
     """A ``TrainerCallback`` that appends each training log to ``metrics.jsonl`` and calls ``on_log``."""
     from transformers import TrainerCallback
@@ -147,6 +182,7 @@ def _metrics_callback(path: Path, on_log: Callable[[dict[str, Any]], None] | Non
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             self.started, self.first_step = time.monotonic(), state.global_step
+            _check_schedule(state.max_steps, args.get_warmup_steps(state.max_steps))
             if on_log and state.is_world_process_zero:
                 on_log({"event": "begin", "max_steps": state.max_steps, "step": state.global_step,
                         "epochs": args.num_train_epochs})
@@ -299,12 +335,6 @@ def build_trainer(data: str | Path | Iterable[Sample], base: str, output_dir: st
 # --------------------------------------------------------------------------- train
 
 
-def _last_checkpoint(out: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(out)) if out.is_dir() else None
-
-
 def train(data: str | Path | Iterable[Sample], base: str, output_dir: str | Path, *,
           config: TrainConfig | None = None, on_log: Callable[[dict[str, Any]], None] | None = None,
           fields: Mapping[str, str] | None = None, **options: Any) -> TrainResult:
@@ -327,18 +357,37 @@ def train(data: str | Path | Iterable[Sample], base: str, output_dir: str | Path
         result = train("recycled.json", "hf:/models/llama-2-7b", "runs/7b", lora=True, epochs=1)
         print(result.model_dir, result.final_loss)
     """
+    from reflectune.models import model_fingerprint, resolve_model
+
     cfg = make_config(config, **options)
     out = Path(output_dir)
     emit = on_log or (lambda event: None)
-    resume_from = _last_checkpoint(out)
-    if resume_from and not cfg.resume:
-        raise ConfigError(f"{out} already holds {Path(resume_from).name}: pass --resume to continue it, "
+    source = resolve_model(base)
+    checkpoint, incomplete = complete_checkpoint(out)
+    if checkpoint and not cfg.resume and out.resolve() != source.path.resolve():
+        raise ConfigError(f"{out} already holds {checkpoint.name}: pass --resume to continue it, "
                           "or choose another output folder")
-    if cfg.resume and not resume_from:
-        emit({"event": "note", "message": f"no checkpoint in {out}: starting from the beginning"})
-    if not resume_from:
+    check_output(out, source.path if source.path.is_dir() else None, cfg,
+                 resuming=cfg.resume and checkpoint is not None)
+    record = start_record(cfg, base, model_fingerprint(source), data)
+    if checkpoint:
+        if not check_resume(out, record):
+            emit({"event": "note", "message": f"{out} records no start settings (an older run): the "
+                  "resume cannot check that its options and data are the same"})
+        _keep_metrics_until(out / METRICS, int(checkpoint.name.rsplit("-", 1)[1]))
+        for name in incomplete:  # a save that was killed: garbage the Trainer would trip over
+            emit({"event": "note", "message": f"skipping {name}: incomplete (its save was interrupted); "
+                  f"resuming from {checkpoint.name}"})
+            shutil.rmtree(out / name, ignore_errors=True)
+    else:
+        if cfg.resume:
+            emit({"event": "note", "message": f"no complete checkpoint in {out}: starting from the "
+                  "beginning"})
         (out / METRICS).unlink(missing_ok=True)
+    resume_from = str(checkpoint) if checkpoint else None
     trainer, info = build_trainer(data, base, out, config=cfg, on_log=on_log, fields=fields)
+    if not checkpoint and trainer.is_world_process_zero():  # the config and data are valid by now
+        write_start(out, record)
     started = time.monotonic()
     output = trainer.train(resume_from_checkpoint=resume_from)
     train_s = time.monotonic() - started
