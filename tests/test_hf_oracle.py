@@ -82,6 +82,11 @@ def test_identity_without_loading(monkeypatch):
     assert fp.startswith("embedded:SmolLM2-135M-Instruct:") and "/" not in fp
     assert make_oracle("embedded", dtype="float32").fingerprint() != make_oracle(
         "embedded", dtype="bfloat16").fingerprint()
+    # reduced precision depends on the batch (issue 21, item 11); fp32 does not
+    assert make_oracle("embedded", dtype="bfloat16", batch_size=1).fingerprint() != make_oracle(
+        "embedded", dtype="bfloat16", batch_size=4).fingerprint()
+    assert make_oracle("embedded", dtype="float32", batch_size=1).fingerprint() == make_oracle(
+        "embedded", dtype="float32", batch_size=4).fingerprint()
     assert built.count_tokens("Hello world") == 2
     with pytest.raises(ConfigError):
         make_oracle("hf:")

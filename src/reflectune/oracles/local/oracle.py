@@ -145,11 +145,17 @@ class HFOracle:
         return self._dtype
 
     def fingerprint(self) -> str:
-        """Weights identity plus dtype (it changes outputs); no machine-specific paths."""
+        """Weights identity plus dtype (it changes outputs); no machine-specific paths.
+
+        In reduced precision a greedy answer depends on what it was batched with (4 of 8 changed
+        between batch sizes 1 and 4 in bf16), so the batch size is part of the identity there: a run
+        resumed with another ``--batch-size`` answers anew instead of mixing both. fp32 is exact.
+        """
         if self._fingerprint is None:
             source = (ModelSource("embedded", Path()) if self._spec == "embedded"
                       else resolve_model(self._spec))
-            self._fingerprint = f"{model_fingerprint(source)}:{self.dtype}"
+            precision = self.dtype if self.dtype == "float32" else f"{self.dtype}@batch{self.batch_size}"
+            self._fingerprint = f"{model_fingerprint(source)}:{precision}"
         return self._fingerprint
 
     def count_tokens(self, text: str) -> int:
