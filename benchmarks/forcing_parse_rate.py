@@ -18,32 +18,24 @@ Run ``bash scripts/install_servers.sh`` first, then ``python benchmarks/forcing_
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import info_lines, load1, machine_info, markdown_table, write_block
 from reflectune.models.source import embedded_gguf_path
+from reflectune.testing.real_servers import LLAMA_CPP_PYTHON, LLAMA_SERVER, ServerFailed, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 ALPACA = ROOT.parent / "shared" / "data" / "alpaca_cherry5pct_3111.json"
-SERVERS = Path(os.environ.get("REFLECTUNE_SERVERS") or Path.home() / ".cache" / "reflectune" / "servers")
-LLAMA_SERVER = SERVERS / "llama-server-11434" / "llama-server"
-LLAMA_CPP_PYTHON = SERVERS / "llama-cpp-python" / "bin" / "python"
 MAX_TOKENS, CRITIQUE_TOKENS = 192, 32
 #: Calls in flight: twice llama-server's 4 slots. The default 64 would queue calls on the server past
 #: the client's timeout, and the retries would be counted as the server's time.
@@ -72,51 +64,6 @@ class Result:
         """(parsed, accepted, total) for ``variant``."""
         counts = self.counts[variant]
         return counts["ok"] + counts["rejected"], counts["ok"], sum(counts.values())
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _command(name: str, gguf: Path, port: int) -> tuple[list[str], str]:
-    """How to start ``name``, and the path that answers 200 once it is ready."""
-    if name == "llama-server":
-        return [str(LLAMA_SERVER), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-t", "2",
-                "-c", "8192", "-np", "4", "--no-webui"], "/health"
-    return [str(LLAMA_CPP_PYTHON), "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-            "--port", str(port), "--n_threads", "2", "--n_ctx", "4096", "--verbose", "false"], "/v1/models"
-
-
-@contextlib.contextmanager
-def serving(name: str, gguf: Path, log: Path) -> Iterator[str]:
-    """Start ``name`` on a free loopback port; yield its base URL; stop it at the end."""
-    port = _free_port()
-    command, ready = _command(name, gguf, port)
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"{name} did not start: {log.read_text(errors='replace')[-800:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready}", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
 
 
 def recycle(base_url: str, result: Result, rows: int, run: Path) -> None:
@@ -225,14 +172,17 @@ def main() -> None:
         work = Path(tmp)
         for server in dict.fromkeys(name for name, _ in CONFIGS):
             log = work / f"{server}.log"
-            with serving(server, gguf, log) as base_url:
-                for forcing in (f for name, f in CONFIGS if name == server):
-                    result, before = Result(server, forcing, load1()), wire_requests(server, log)
-                    print(f"{server} --forcing {forcing}: {args.rows} rows ...", flush=True)
-                    recycle(base_url, result, args.rows, work / f"{server}-{forcing}")
-                    result.wire = wire_requests(server, log) - before
-                    results.append(result)
-                    print(f"  {result}", flush=True)
+            try:
+                with serving(server, gguf, log) as base_url:
+                    for forcing in (f for name, f in CONFIGS if name == server):
+                        result, before = Result(server, forcing, load1()), wire_requests(server, log)
+                        print(f"{server} --forcing {forcing}: {args.rows} rows ...", flush=True)
+                        recycle(base_url, result, args.rows, work / f"{server}-{forcing}")
+                        result.wire = wire_requests(server, log) - before
+                        results.append(result)
+                        print(f"  {result}", flush=True)
+            except ServerFailed as exc:
+                raise SystemExit(str(exc)) from None
     body = report(results, args.rows, versions, info)
     print(body)
     if not args.no_write:

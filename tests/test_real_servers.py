@@ -17,13 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import sqlite3
-import subprocess
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +31,10 @@ from reflectune.models.source import embedded_gguf_path
 from reflectune.oracles.grammar import format_constraint
 from reflectune.prompts.parse import ParseResult, parse_reflection
 from reflectune.recycling.run import recycle
+from reflectune.testing.real_servers import LLAMA_CPP_PYTHON, LLAMA_SERVER, ServerFailed, serving
 from tests.conftest import ALPACA, run_cli
 
-SERVERS = Path(os.environ.get("REFLECTUNE_SERVERS") or Path.home() / ".cache" / "reflectune" / "servers")
 REQUIRED = os.environ.get("REFLECTUNE_REQUIRE_REAL_SERVER") == "1"
-LLAMA_SERVER = SERVERS / "llama-server-11434" / "llama-server"
-LLAMA_CPP_PYTHON = SERVERS / "llama-cpp-python" / "bin" / "python"
 START_TIMEOUT_S = 90.0
 CUT_OFF = "generation cut off (finish_reason=length)"
 
@@ -61,44 +53,13 @@ def _missing(what: str, path: Path) -> None:
     pytest.skip(reason)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _serve(name: str, command: list[str], ready: str, port: int, log: Path) -> Iterator[RealServer]:
-    """Run ``command`` until the module ends; ready when ``GET ready`` answers 200."""
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # an idle server must not spin on our 2 cores
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True)
+def _serve(name: str, gguf: Path, log: Path) -> Iterator[RealServer]:
+    """Run server ``name`` until the module ends."""
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"{name} exited with {process.returncode} before it was ready: "
-                            f"{log.read_text(errors='replace')[-800:]}")
-            try:
-                with urllib.request.urlopen(base + ready, timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"{name} not ready within {START_TIMEOUT_S:g} s: "
-                            f"{log.read_text(errors='replace')[-800:]}")
-            time.sleep(0.2)
-        yield RealServer(name, f"{base}/v1", log)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
+        with serving(name, gguf, log, timeout_s=START_TIMEOUT_S) as base_url:
+            yield RealServer(name, base_url, log)
+    except ServerFailed as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="module")
@@ -110,22 +71,14 @@ def gguf() -> Path:
 def llama_server(gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer]:
     if not os.access(LLAMA_SERVER, os.X_OK):
         _missing("llama.cpp's llama-server", LLAMA_SERVER)
-    port = _free_port()
-    yield from _serve("llama-server", [
-        str(LLAMA_SERVER), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-t", "2",
-        "-c", "8192", "-np", "4", "--no-webui"], "/health", port,
-        tmp_path_factory.mktemp("llama-server") / "server.log")
+    yield from _serve("llama-server", gguf, tmp_path_factory.mktemp("llama-server") / "server.log")
 
 
 @pytest.fixture(scope="module")
 def llama_cpp_python(gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer]:
     if not os.access(LLAMA_CPP_PYTHON, os.X_OK):
         _missing("llama-cpp-python[server]", LLAMA_CPP_PYTHON.parents[1])
-    port = _free_port()
-    yield from _serve("llama-cpp-python", [
-        str(LLAMA_CPP_PYTHON), "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-        "--port", str(port), "--n_threads", "2", "--n_ctx", "4096", "--verbose", "false"], "/v1/models", port,
-        tmp_path_factory.mktemp("llama-cpp-python") / "server.log")
+    yield from _serve("llama-cpp-python", gguf, tmp_path_factory.mktemp("llama-cpp-python") / "server.log")
 
 
 def _recycle(server: RealServer, forcing: Literal["prefill", "grammar"], run: Path, **options: Any) -> None:
