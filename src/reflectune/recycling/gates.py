@@ -19,6 +19,7 @@ a refusal is a speech act with a small, stable vocabulary ("I'm sorry, but I can
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections import Counter
@@ -31,6 +32,7 @@ from reflectune.recycling.rules import Variant
 from reflectune.types import Sample
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+_ASCII_LETTER = re.compile(r"[A-Za-z]")
 #: Texts shorter than this many words are compared by bigrams: a trigram set of one or two items
 #: says nothing.
 _SHORT = 6
@@ -108,10 +110,16 @@ def _stems(text: str) -> list[str]:
     return [w[:5] for w in words(text)]
 
 
+@functools.lru_cache(maxsize=4096)
+def _text_stem_grams(text: str, n: int) -> frozenset[tuple[str, ...]]:
+    """Cached: the prompt's wording and a sample's originals are compared with every rewrite."""
+    return frozenset(ngrams(_stems(text), n))
+
+
 def _stem_grams(texts: Iterable[str], n: int) -> set[tuple[str, ...]]:
     out: set[tuple[str, ...]] = set()
     for text in texts:
-        out |= ngrams(_stems(text), n)
+        out |= _text_stem_grams(text, n)
     return out
 
 
@@ -236,6 +244,11 @@ def refusal(c: Candidate, cfg: GatesConfig) -> Rejection | None:
 def script(text: str) -> Counter[str]:
     """Letters by Unicode script (the first word of the character's name: LATIN, CJK, CYRILLIC...)."""
     out: Counter[str] = Counter()
+    if text.isascii():  # most texts: every letter is Latin, no per-character name lookup
+        letters = len(_ASCII_LETTER.findall(text))
+        if letters:
+            out["LATIN"] = letters
+        return out
     for ch in text:
         if ch.isalpha():
             name = unicodedata.name(ch, "")
