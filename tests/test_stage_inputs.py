@@ -72,7 +72,7 @@ def write_lines(path: Path, rows: list[dict[str, Any]]) -> None:
 def test_score_records_the_hash_of_the_variants_it_scored_and_a_text_key_per_entry(scored: Path) -> None:
     import hashlib
 
-    from reflectune.scoring.run import text_key
+    from reflectune.keys import text_key
 
     section = json.loads((scored / "run.json").read_text())["score"]
     digest = hashlib.sha256((scored / "variants.jsonl").read_bytes()).hexdigest()
@@ -86,9 +86,10 @@ def test_score_records_the_hash_of_the_variants_it_scored_and_a_text_key_per_ent
 
 
 @pytest.mark.slow
-def test_changed_variants_are_rescored_by_content_key_and_select_equals_a_fresh_score(
+def test_select_refuses_stale_scores_and_a_rescore_by_content_key_equals_a_fresh_score(
         scored: Path, tmp_path: Path) -> None:
-    """recycle --retry-failed into the same folder, simulated: one row's A and QA texts change."""
+    """recycle --retry-failed into the same folder, simulated: one row's A and QA texts change. select
+    does not score behind the user's back: it names the command; score then computes only the change."""
     from reflectune.scoring.run import score
     from reflectune.selection.run import select
 
@@ -103,9 +104,12 @@ def test_changed_variants_are_rescored_by_content_key_and_select_equals_a_fresh_
     for name in ("scores.jsonl", "store.sqlite", "store.sqlite-wal", "store.sqlite-shm"):
         (fresh / name).unlink(missing_ok=True)
 
-    summary = select(stale, tmp_path / "stale.jsonl", below_one_filter=False)  # no scoring options given
-    assert summary.rescored is not None and summary.rescored["reason"] == "inputs changed since scoring"
-    computed, cached = summary.rescored["computed"], summary.rescored["cached"]
+    with pytest.raises(DataError, match=r"inputs changed since scoring: score it first \(reflectune score "):
+        select(stale, tmp_path / "stale.jsonl", below_one_filter=False)
+    assert not (tmp_path / "stale.jsonl").exists()
+    again = score(stale, max_length=MAX_LENGTH, dtype=DTYPE)
+    computed, cached = again.computed, again.cached
+    select(stale, tmp_path / "stale.jsonl", below_one_filter=False)
     print(f"rescore after one row changed: computed {computed}, cached {cached}")
     assert (computed, computed + cached) == (6, 56)  # A's and QA's new outputs: 3 losses each
     section = json.loads((stale / "run.json").read_text())["score"]
@@ -113,7 +117,7 @@ def test_changed_variants_are_rescored_by_content_key_and_select_equals_a_fresh_
 
     done = score(fresh, max_length=MAX_LENGTH, dtype=DTYPE)
     assert done.cached == 0
-    assert select(fresh, tmp_path / "fresh.jsonl", below_one_filter=False).rescored is None
+    select(fresh, tmp_path / "fresh.jsonl", below_one_filter=False)
     # fp32 numbers agree to ~1e-7 (other batch shapes); texts, keys and the selection exactly
     assert same(lines(stale / "scores.jsonl"), lines(fresh / "scores.jsonl"))
     picked, expected = lines(tmp_path / "stale.jsonl"), lines(tmp_path / "fresh.jsonl")
@@ -125,8 +129,8 @@ def test_changed_variants_are_rescored_by_content_key_and_select_equals_a_fresh_
 
 def test_a_score_for_other_text_is_never_written(scored: Path, tmp_path: Path) -> None:
     """Even when run.json's hash is made to agree (a race, a hand edit), the row's text_key refuses it."""
-    from reflectune.scoring.run import input_hashes
     from reflectune.selection.run import select
+    from reflectune.store.inputs import input_hashes
 
     run = clone(scored, tmp_path / "run")
     scores = lines(run / "scores.jsonl")  # make row 0 land on A and be kept (its text_key untouched)
@@ -134,7 +138,7 @@ def test_a_score_for_other_text_is_never_written(scored: Path, tmp_path: Path) -
         scores[0]["variants"][name].update(ifd=ifd, rifd=rifd)
     write_lines(run / "scores.jsonl", scores)
     first = select(run, tmp_path / "a.jsonl", below_one_filter=False)
-    assert first.rescored is None and first.kept > 0
+    assert first.kept > 0
     assert lines(tmp_path / "a.jsonl")[0]["variant"] == "A"
     rows = lines(run / "variants.jsonl")
     rows[0]["variants"]["A"]["output"] += " (edited)"

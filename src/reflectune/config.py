@@ -315,22 +315,12 @@ class ScoreConfig(_Frozen):
 
 
 class SelectConfig(_Frozen):
-    """Which candidate each sample keeps (METHOD.md §5.2), and the optional top-k cut.
-
-    The scoring options default to ``None``: finished scores are reused as they are unless one of
-    them is given and differs.
-    """
+    """Which candidate each sample keeps (METHOD.md §5.2), and the optional top-k cut. Selection reads
+    finished scores; it never scores (``score`` does, or the pipeline runs it first)."""
 
     top_k: str | int | None = None
     below_one_filter: bool = True
     metric: str = "ppl_ratio"
-    student: str | None = None
-    template: str | None = None
-    max_length: int | None = None
-    batch_tokens: int = 8192
-    dtype: str | None = None
-    device: str | None = None
-    threads: int | None = None
     fields: dict[str, str] | None = None
     fmt: str | None = None
     output_format: str | None = None

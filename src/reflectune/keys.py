@@ -57,3 +57,9 @@ def redact_url(url: str) -> str:
         )
     return (f"{scheme}{sep}{authority}{path}{question}{query}"
             f"{hash_ + '***' if hash_ and fragment else hash_}")
+
+
+def text_key(instruction: str, input: str, output: str) -> str:
+    """A short hash of a candidate's texts: the ``text_key`` of its ``scores.jsonl`` entry."""
+    blob = json.dumps([instruction, input, output], ensure_ascii=False).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(blob).hexdigest()[:16]

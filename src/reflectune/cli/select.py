@@ -9,7 +9,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from reflectune.cli.score import STUDENT_HELP, score_progress
 from reflectune.errors import ConfigError
 from reflectune.io import parse_fields
 
@@ -41,18 +40,11 @@ def select_command(
                                           help="Keep only pairs with IFD < 1 and r-IFD < 1."),
     metric: str = typer.Option("ppl_ratio", help="ppl_ratio: exp(L_cond - L_direct) | loss_ratio: "
                                "L_cond / L_direct (Cherry LLM's)."),
-    student: str | None = typer.Option(None, help=STUDENT_HELP + " Default: reuse the run's scores, "
-                                       "else embedded."),
-    template: str | None = typer.Option(None, help="vicuna (default) | alpaca | wiz | chat."),
-    max_length: int | None = typer.Option(None, help="Scoring max length (default 2048)."),
-    batch_tokens: int = typer.Option(8192, help="Padded tokens per forward pass when scoring."),
-    dtype: str | None = typer.Option(None, help="Scoring dtype: bfloat16 (CPU default) | float32."),
-    device: str | None = typer.Option(None, help="cpu | cuda | mps (default: auto)."),
-    threads: int | None = typer.Option(None, help="CPU threads when scoring (default: one per core)."),
-    run_dir: Path | None = typer.Option(None, help="Cherry mode's run folder."),
+    run_dir: Path | None = typer.Option(None, help="Cherry mode: the run folder score wrote to."),
     fields: str | None = typer.Option(None, help="Field mapping, e.g. instruction=prompt,output=completion."),
     output_format: str | None = typer.Option(None, help="json | jsonl | parquet | csv | hf_disk."),
-    quiet: bool = typer.Option(False, "-q", help="No progress bar."),
+    quiet: bool = typer.Option(False, "-q", help="Accepted for symmetry with the other commands; select "
+                               "draws no progress."),
 ) -> None:
     """Keep the pairs that suit the student (Selective Reflection-Tuning), optionally the top-k."""
     from reflectune.selection.run import select
@@ -60,13 +52,9 @@ def select_command(
     if top_k is not None and ifd_top_k is not None and top_k != ifd_top_k:
         raise ConfigError("give --top-k or --ifd-top-k, not both")
     console = Console(stderr=True)
-    with score_progress(console, quiet) as update:
-        summary = select(source, output, top_k=top_k or ifd_top_k, below_one_filter=below_one_filter,
-                         metric=metric, student=student, template=template, max_length=max_length,
-                         batch_tokens=batch_tokens, dtype=dtype, device=device, threads=threads,
-                         run_dir=run_dir,
-                         fields=parse_fields(fields) if fields else None, output_format=output_format,
-                         progress=update)
+    summary = select(source, output, top_k=top_k or ifd_top_k, below_one_filter=below_one_filter,
+                     metric=metric, run_dir=run_dir, fields=parse_fields(fields) if fields else None,
+                     output_format=output_format)
     console.print(outcome_table(summary.manifest))
     console.print(f"output: {summary.output} ({summary.kept:,} rows)\nrun:    {summary.run_dir}")
 

@@ -19,7 +19,6 @@ for, so no row is ever written with a score computed for other text.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -34,8 +33,10 @@ from reflectune.contracts import SCORES_FILE, VARIANT_NAMES, VARIANTS_FILE, Vari
 from reflectune.errors import ConfigError, DataError
 from reflectune.io.atomic import atomic_open
 from reflectune.io.jsonl import read_jsonl
+from reflectune.keys import text_key
 from reflectune.scoring.rules import precision_key, score_namespace
 from reflectune.scoring.scorer import IFDScorer, ScorerStats
+from reflectune.store.inputs import input_hashes, is_run_folder
 from reflectune.store.rundir import RunFolder, default_run_dir
 
 BACKENDS = ("hf", "vllm")
@@ -77,39 +78,6 @@ class _Record:
     id: str
     row: int
     variants: dict[str, tuple[str, str, str, str]]  # name -> (status, instruction, input, output)
-
-
-def is_run_folder(path: str | os.PathLike[str]) -> bool:
-    """A recycle run folder: has ``variants.jsonl``."""
-    return (Path(path) / VARIANTS_FILE).is_file()
-
-
-def text_key(instruction: str, input: str, output: str) -> str:
-    """A short hash of a candidate's texts: the ``text_key`` of its ``scores.jsonl`` entry."""
-    blob = json.dumps([instruction, input, output], ensure_ascii=False).encode("utf-8", "surrogatepass")
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes; of a folder (a ``save_to_disk`` dataset), of its files' names and bytes."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def input_hashes(source: str | os.PathLike[str]) -> dict[str, str]:
-    """What ``score`` consumed, as run.json's ``score.inputs`` records it: ``{"variants": sha256}`` for
-    a run folder, ``{"dataset": sha256}`` for a dataset source."""
-    src = Path(source)
-    if is_run_folder(src):
-        return {"variants": file_sha256(src / VARIANTS_FILE)}
-    return {"dataset": file_sha256(src)}
 
 
 def _iter_variants(path: Path) -> Iterator[_Record]:

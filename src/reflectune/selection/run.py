@@ -1,10 +1,11 @@
 """``select()``: scores in, the student-selected dataset out (Selective Reflection-Tuning, V2).
 
-The rule itself is pure and lives in ``selection``; this module does the I/O around it. It scores
-first when the run has no matching scores (reusing ``score()``, so that part resumes too), then makes
-two streaming passes: one to apply the rule and learn the top-k cut-off, one to write the kept rows
-with ``DatasetWriter`` in the input's own shape, plus the ``ifd``, ``rifd``, ``variant`` and
-``outcome`` columns. Rows keep their input order.
+The rule itself is pure and lives in ``selection``; this module does the I/O around it. It never
+scores: scores missing or stale are an error that names the ``reflectune score`` command to run
+(chaining stages is the pipeline's job, ``reflectune run``). It makes two streaming passes: one to
+apply the rule and learn the top-k cut-off, one to write the kept rows with ``DatasetWriter`` in the
+input's own shape, plus the ``ifd``, ``rifd``, ``variant`` and ``outcome`` columns. Rows keep their
+input order.
 
 Two sources:
 
@@ -13,9 +14,9 @@ Two sources:
 
 Scores are checked against what they were computed for, twice. Run.json's ``score.inputs`` holds the
 hash of the variants (or dataset) bytes scored; when it differs from the file now, the scores are
-stale and ``score()`` runs again (with the options it recorded, unless others are given): only the
-changed candidates are computed, the rest come from the store. Then every written row's variant
-entry must carry the ``text_key`` of the very texts written, else a ``DataError`` names the row.
+stale and ``select`` refuses them (``score`` again recomputes only the changed candidates). Then
+every written row's variant entry must carry the ``text_key`` of the very texts written, else a
+``DataError`` names the row.
 Before any of it, ``variants.jsonl`` must hold as many lines as recycle says it wrote, and
 ``scores.jsonl`` must cover the same samples in the same order.
 """
@@ -32,8 +33,9 @@ from reflectune.config import SelectConfig, merged
 from reflectune.contracts import SCORES_FILE, VARIANTS_FILE, ScoresLine, VariantsLine
 from reflectune.errors import ConfigError, DataError
 from reflectune.io.jsonl import read_jsonl
-from reflectune.scoring.run import ScoreProgress, ScoreSummary, input_hashes, is_run_folder, score, text_key
+from reflectune.keys import text_key
 from reflectune.selection.rules import METRICS, Choice, TopK, choose_variant, count_outcomes, parse_top_k
+from reflectune.store.inputs import file_sha256, input_hashes, is_run_folder
 from reflectune.store.rundir import RunFolder, default_run_dir, read_manifest
 from reflectune.types import Sample
 
@@ -53,13 +55,11 @@ class SelectSummary:
     dropped: dict[str, int]
     top_k: str | None
     manifest: dict[str, Any] = field(default_factory=dict)
-    #: when scores were (re)computed first: why, and the computed / cached candidate counts
-    rescored: dict[str, Any] | None = None
 
 
-def _needs_scoring(folder: Path, source: Path, wanted: Mapping[str, Any]) -> str | None:
-    """Why score must run again (None: run.json says this folder's scores are done, were computed for
-    the inputs as they are now, and match what was asked)."""
+def _stale(folder: Path, source: Path) -> str | None:
+    """Why the folder's scores cannot be used (None: run.json says they are done and were computed
+    for the inputs as they are now)."""
     section = read_manifest(folder).get("score") or {}
     if section.get("status") != "done" or not (folder / SCORES_FILE).is_file():
         return "not scored"
@@ -68,8 +68,6 @@ def _needs_scoring(folder: Path, source: Path, wanted: Mapping[str, Any]) -> str
     recorded = section.get("inputs")
     if recorded is not None and recorded != input_hashes(source):  # none recorded: an older score
         return "inputs changed since scoring"
-    if any(value is not None and section.get(key) != value for key, value in wanted.items()):
-        return "other scoring options"
     return None
 
 
@@ -91,13 +89,9 @@ def _check_variants(folder: Path) -> list[str]:
 
 def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None = None,
            config: SelectConfig | None = None, *, top_k: str | int | TopK | None = None,
-           below_one_filter: bool | None = None, metric: str | None = None, student: str | None = None,
-           template: str | None = None, max_length: int | None = None, batch_tokens: int | None = None,
-           dtype: str | None = None, device: str | None = None, threads: int | None = None,
-           run_dir: str | os.PathLike[str] | None = None,
-           fields: Mapping[str, str] | None = None, fmt: str | None = None,
-           output_format: str | None = None,
-           progress: Callable[[ScoreProgress], None] | None = None) -> SelectSummary:
+           below_one_filter: bool | None = None, metric: str | None = None,
+           run_dir: str | os.PathLike[str] | None = None, fields: Mapping[str, str] | None = None,
+           fmt: str | None = None, output_format: str | None = None) -> SelectSummary:
     """Keep the candidates that suit the student (METHOD.md §5.2), optionally only the top-k.
 
     Args:
@@ -108,13 +102,13 @@ def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None
         top_k: ``"5%"``, ``"1000"`` or a ``TopK``: rank kept rows by IFD, higher first.
         below_one_filter: require IFD < 1 and r-IFD < 1 for kept pairs (reference behaviour).
         metric: ``ppl_ratio`` (default, exp(L_cond - L_direct)) or ``loss_ratio`` (L_cond / L_direct).
-        student, template, max_length, batch_tokens, dtype, device, threads: scoring options; when the run
-            already has finished scores and none of these is given (or they match), the scores are
-            reused as they are. Otherwise ``score()`` runs first (and resumes from the store).
-        run_dir: Cherry mode's run folder (default ``runs/<stem>-<student>-score``).
+        run_dir: Cherry mode's run folder, where ``score`` wrote (default ``runs/<stem>-embedded-score``).
         fields, fmt: how to read a dataset source.
         output_format: force the output format (json, jsonl, parquet, csv, hf_disk).
-        progress: scoring progress callback.
+
+    Raises:
+        DataError: the run has no finished scores, or they were computed for other inputs; the
+            message names the ``reflectune score`` command that makes them.
 
     Returns:
         A ``SelectSummary``; run.json gets a ``select`` section with the same counts.
@@ -126,12 +120,8 @@ def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None
     """
     config = merged(SelectConfig, config, {
         "top_k": str(top_k) if isinstance(top_k, TopK) else top_k, "below_one_filter": below_one_filter,
-        "metric": metric, "student": student, "template": template, "max_length": max_length,
-        "batch_tokens": batch_tokens, "dtype": dtype, "device": device, "threads": threads,
-        "fields": fields, "fmt": fmt, "output_format": output_format})
+        "metric": metric, "fields": fields, "fmt": fmt, "output_format": output_format})
     below_one_filter, metric = config.below_one_filter, config.metric
-    student, template, max_length = config.student, config.template, config.max_length
-    batch_tokens, dtype, device, threads = config.batch_tokens, config.dtype, config.device, config.threads
     fields, fmt, output_format = config.fields, config.fmt, config.output_format
     if metric not in METRICS:
         raise ConfigError(f"unknown metric '{metric}': choose one of {', '.join(METRICS)}")
@@ -145,17 +135,13 @@ def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None
     else:
         if not src.exists():
             raise DataError("no such file or run folder", path=str(src))
-        folder = Path(run_dir) if run_dir is not None else default_run_dir(src, student or "embedded",
-                                                                            "score")
-    wanted = {"student": student, "template": template, "max_length": max_length,
-              "dtype": dtype if dtype not in (None, "auto") else None}
+        folder = Path(run_dir) if run_dir is not None else default_run_dir(src, "embedded", "score")
     variant_ids = _check_variants(folder) if mode == "variants" else None
-    rescored: dict[str, Any] | None = None
-    reason = _needs_scoring(folder, src, wanted)
+    reason = _stale(folder, src)
     if reason is not None:
-        done = _rescore(folder, src, mode, config, student, template, max_length, dtype, device, threads,
-                        fields, fmt, progress)
-        rescored = {"reason": reason, "computed": done.computed, "cached": done.cached}
+        again = f" --run-dir {folder}" if mode == "cherry" else ""
+        raise DataError(f"{reason}: score it first (reflectune score {src}{again}), then select",
+                        path=str(folder))
     score_section = read_manifest(folder)["score"]
 
     if mode == "variants":
@@ -206,21 +192,14 @@ def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None
                     "passed_rule": summary_counts["kept"], "dropped": summary_counts["dropped"],
                     "kept": written, "output": str(out_path), "scores": score_section.get("namespace"),
                     "student": score_section.get("student"), "template": score_section.get("template"),
-                    "inputs": {"scores": _sha(run.file(SCORES_FILE)), **input_hashes(src)},
-                    "rescored": rescored}
+                    "inputs": {"scores": file_sha256(run.file(SCORES_FILE)), **input_hashes(src)}}
         if spec is not None:
             manifest["dropped"] = {**manifest["dropped"],
                                    "below_top_k": summary_counts["kept"] - len(keep_set)}
         run.update_manifest("select", manifest)
     return SelectSummary(run_dir=folder, output=out_path, mode=mode, samples=summary_counts["samples"],
                          kept=written, outcomes=summary_counts["outcomes"], dropped=manifest["dropped"],
-                         top_k=manifest["top_k"], manifest=manifest, rescored=rescored)
-
-
-def _sha(path: Path) -> str:
-    from reflectune.scoring.run import file_sha256
-
-    return file_sha256(path)
+                         top_k=manifest["top_k"], manifest=manifest)
 
 
 def _mismatch(name: str, expected: list[str], got: list[str]) -> str:
@@ -231,26 +210,6 @@ def _mismatch(name: str, expected: list[str], got: list[str]) -> str:
              if first < min(len(expected), len(got)) else f"from line {first + 1}")
     return (f"scores.jsonl covers {len(got)} samples, {name} {len(expected)}; they differ {where}: "
             "rerun score")
-
-
-def _rescore(folder: Path, src: Path, mode: str, config: SelectConfig, student: str | None,
-             template: str | None, max_length: int | None, dtype: str | None, device: str | None,
-             threads: int | None, fields: Mapping[str, str] | None, fmt: str | None,
-             progress: Callable[[ScoreProgress], None] | None) -> ScoreSummary:
-    """Run ``score()``; an option not given falls back to what the last score of this source recorded
-    (so stale scores are recomputed as they were, and only the changed candidates are computed)."""
-    section = read_manifest(folder).get("score") or {}
-    if Path(section.get("source", "")).resolve() != src.resolve():
-        section = {}
-    recorded_dtype = section.get("dtype") if dtype in (None, "auto") else None
-    return score(src, student=student or section.get("student") or "embedded",
-                 template=template or section.get("template") or "vicuna",
-                 max_length=max_length or section.get("max_length") or 2048,
-                 batch_tokens=config.batch_tokens,  # padding only: not in any computation's key
-                 dtype=recorded_dtype or dtype, device=device,
-                 threads=threads if threads is not None else section.get("threads"),
-                 backend=section.get("backend"), rifd=section.get("rifd") if mode == "cherry" else None,
-                 run_dir=None if mode == "variants" else folder, fields=fields, fmt=fmt, progress=progress)
 
 
 def _cherry_choice(entry: Mapping[str, Any] | None, below_one_filter: bool, metric: str) -> Choice:
