@@ -82,15 +82,20 @@ def score_command(
     quiet: bool = typer.Option(False, "-q", help="No progress bar."),
 ) -> None:
     """Score IFD and r-IFD of every candidate with a student model (resumable)."""
+    from reflectune.errors import Interrupted
     from reflectune.scoring.run import score
 
     console = Console(stderr=True)
-    with score_progress(console, quiet) as update:
-        summary = score(source, student=student, template=template, max_length=max_length,
-                        batch_tokens=batch_tokens, dtype=dtype, device=device, backend=backend,
-                        threads=threads, rifd=rifd, run_dir=run_dir,
-                        fields=parse_fields(fields) if fields else None, prompts_dir=prompts,
-                        progress=update)
+    try:
+        with score_progress(console, quiet) as update:
+            summary = score(source, student=student, template=template, max_length=max_length,
+                            batch_tokens=batch_tokens, dtype=dtype, device=device, backend=backend,
+                            threads=threads, rifd=rifd, run_dir=run_dir,
+                            fields=parse_fields(fields) if fields else None, prompts_dir=prompts,
+                            progress=update)
+    except Interrupted as exc:  # a signal: one line (no "error:"), exit 128 + its number
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(exc.exit_code) from None
     console.print(score_table(summary.manifest))
     console.print(f"scores: {summary.scores}\nrun:    {summary.run_dir}")
 

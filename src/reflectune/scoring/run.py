@@ -5,6 +5,9 @@ plain dataset gives only ``ori`` (Cherry LLM mode) and gets its own run folder. 
 chunks: each chunk is tokenized, looked up in the store, computed batch by batch (each batch
 committed), and its lines appended to a temporary ``scores.jsonl`` renamed into place at the end.
 A killed run resumes from the store; a finished one reruns without loading the model.
+A signal (SIGINT, SIGTERM, SIGHUP) stops after the batch being computed, run.json's ``score`` says
+``interrupted`` and ``Interrupted`` exits 128 + its number; a rerun sweeps the temporaries a kill -9
+left, since under the folder's lock no live process can own them.
 
 The store namespace carries everything that changes a loss: scoring version, student fingerprint,
 template, max_length and dtype, and in reduced precision the batch budget (``--batch-tokens``), since
@@ -19,18 +22,24 @@ for, so no row is ever written with a score computed for other text.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
+import signal
+import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from reflectune.config import ScoreConfig, merged
-from reflectune.contracts import SCORES_FILE, VARIANT_NAMES, VARIANTS_FILE, VariantsLine
-from reflectune.errors import ConfigError, DataError
+from reflectune.contracts import MANIFEST_FILE, SCORES_FILE, VARIANT_NAMES, VARIANTS_FILE, VariantsLine
+from reflectune.errors import ConfigError, DataError, Interrupted, ReflectuneError, stop_status
 from reflectune.io.atomic import atomic_open
 from reflectune.io.jsonl import read_jsonl
 from reflectune.keys import text_key
@@ -101,6 +110,84 @@ def _iter_dataset(path: Path, fields: Mapping[str, str] | None, fmt: str | None)
     for s in read_samples(path, fields=fields, fmt=fmt):
         status = "skipped" if s.passthrough else "ok"
         yield _Record(s.id, s.row, {"ori": (status, s.instruction, s.input, s.output)})
+
+
+SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class _StopOnSignal:
+    """SIGINT, SIGTERM, SIGHUP while scoring: the first stops after the batch being computed (it is
+    committed, so a rerun does not compute it again), a second aborts that batch at once. Either way
+    ``Interrupted`` (exit status 128 + the first signal's number) reaches ``score()``, which records it.
+
+    Handlers go in only in the main thread, and never over a signal the process was started to ignore
+    (``nohup`` ignores SIGHUP); the previous ones come back when the block ends.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        #: set once the run has ended (``Interrupted`` raised, or the work done): signals are ignored
+        self.ended = False
+        #: the scorer's running stats, for the message
+        self.stats: ScorerStats | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for signum in SIGNALS:
+                with contextlib.suppress(OSError, ValueError):
+                    previous = signal.getsignal(signum)
+                    if previous is not signal.SIG_IGN:
+                        signal.signal(signum, self._on_signal)
+                        self._previous[signum] = previous
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.ended:
+            return
+        name = signal.Signals(signum).name
+        if self.signum is None:
+            self.signum = signum
+            print(f"reflectune: {name}: stopping after the batch being computed, which is kept "
+                  "(signal again to abort it)", file=sys.stderr, flush=True)
+            return
+        self.ended = True
+        raise self._interrupted(f"a second {name} aborted the batch being computed; ")
+
+    def check(self) -> None:
+        """Raise ``Interrupted`` if a signal came: called where the work so far is committed."""
+        if self.signum is not None and not self.ended:
+            self.ended = True
+            raise self._interrupted()
+
+    def _interrupted(self, how: str = "") -> Interrupted:
+        assert self.signum is not None
+        stats = self.stats
+        done = (f" after {stats.batches} batches ({stats.computed} computations committed, "
+                f"{stats.cached} from the store)") if stats is not None else " before the first batch"
+        exc = Interrupted(f"interrupted by {signal.Signals(self.signum).name}{done}; {how}"
+                          "rerun the same command to resume")
+        exc.exit_code = 128 + self.signum
+        return exc
+
+
+def _remove_temporaries(folder: Path) -> None:
+    """Delete the temporaries of ``scores.jsonl`` and ``run.json`` a killed run left in ``folder``.
+
+    Only a process holding the folder's lock writes them, and we hold it: every one is litter, even
+    when its pid looks alive (a killed child its parent has not reaped yet, or a pid reused, as in a
+    fresh container), which is where ``remove_stale``'s liveness test keeps them.
+    """
+    for name in (SCORES_FILE, MANIFEST_FILE):
+        for tmp in folder.glob(f"{glob.escape(f'.{name}.tmp')}*"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 def _count(records: Iterator[_Record]) -> int:
@@ -217,54 +304,71 @@ def score(source: str | os.PathLike[str], config: ScoreConfig | None = None, *,
         setup["input"] = {"path": str(src.resolve()), "format": fmt or detect_format(src),
                           "fields": dict(fields or {})}
 
-    with RunFolder(folder, check_calls=False) as run:  # no oracle call: its store may be new
+    with _StopOnSignal() as stop, RunFolder(folder, check_calls=False) as run:  # no oracle call
         assert run.store is not None
+        _remove_temporaries(folder)  # a killed score's: we hold the lock, so no live writer has them
         run.update_manifest("score", {**setup, "status": "running"})
-        tokenizer = load_tokenizer(model_source)
-        done_samples = 0
-        chunk_mark = {"tokens": 0, "size": 0}
-
-        def on_batch(stats: ScorerStats) -> None:
-            if progress is None:
-                return
-            frac = min(1.0, (stats.tokens - chunk_mark["tokens"]) / max(stats.queued_tokens, 1))
-            progress(ScoreProgress(done_samples + frac * chunk_mark["size"], total, stats.computed,
-                                   stats.cached, stats.tokens, stats.tokens_per_s))
-
-        def load_model() -> Any:
-            if threads is not None:
-                import_torch().set_num_threads(threads)
-            return load_causal_lm(student, device=chosen_device, dtype=chosen_dtype)[0]
-
-        compute = None
-        if backend == "vllm":
-            from reflectune.scoring.vllm_losses import VLLMLosses
-
-            if model_source.gguf_file:
-                raise ConfigError(f"{student}: --backend vllm takes a model folder, not a GGUF file")
-            compute = VLLMLosses(str(model_source.path), dtype=chosen_dtype, max_length=max_length)
         try:
-            scorer = IFDScorer(tokenizer, load_model=load_model, template=template, max_length=max_length,
-                               batch_tokens=batch_tokens, store=run.store, namespace=namespace,
-                               on_batch=on_batch, compute=compute,
-                               prompts_dir=prompts_dir)
-        except ValueError as exc:  # e.g. the chat template on a tokenizer that has none
-            raise ConfigError(f"{student}: {exc}") from None
-        counts: Counter[str] = Counter()
-        out_path = run.file(SCORES_FILE)
-        with atomic_open(out_path) as out:
-            chunk: list[_Record] = []
-            for record in records():
-                chunk.append(record)
-                if len(chunk) >= chunk_size:
+            tokenizer = load_tokenizer(model_source)
+            done_samples = 0
+            chunk_mark = {"tokens": 0, "size": 0}
+
+            def on_batch(stats: ScorerStats) -> None:
+                stop.check()  # the batch is committed: a signal since stops here
+                if progress is None:
+                    return
+                frac = min(1.0, (stats.tokens - chunk_mark["tokens"]) / max(stats.queued_tokens, 1))
+                progress(ScoreProgress(done_samples + frac * chunk_mark["size"], total, stats.computed,
+                                       stats.cached, stats.tokens, stats.tokens_per_s))
+
+            def load_model() -> Any:
+                if threads is not None:
+                    import_torch().set_num_threads(threads)
+                model = load_causal_lm(student, device=chosen_device, dtype=chosen_dtype)[0]
+                stop.check()  # loading can be long: a signal during it stops before the first batch
+                return model
+
+            compute = None
+            if backend == "vllm":
+                from reflectune.scoring.vllm_losses import VLLMLosses
+
+                if model_source.gguf_file:
+                    raise ConfigError(f"{student}: --backend vllm takes a model folder, not a GGUF file")
+                compute = VLLMLosses(str(model_source.path), dtype=chosen_dtype, max_length=max_length)
+            try:
+                scorer = IFDScorer(tokenizer, load_model=load_model, template=template,
+                                   max_length=max_length, batch_tokens=batch_tokens, store=run.store,
+                                   namespace=namespace, on_batch=on_batch, compute=compute,
+                                   prompts_dir=prompts_dir)
+            except ValueError as exc:  # e.g. the chat template on a tokenizer that has none
+                raise ConfigError(f"{student}: {exc}") from None
+            stop.stats = scorer.stats
+            counts: Counter[str] = Counter()
+            out_path = run.file(SCORES_FILE)
+            with atomic_open(out_path) as out:
+                chunk: list[_Record] = []
+                for record in records():
+                    chunk.append(record)
+                    if len(chunk) >= chunk_size:
+                        stop.check()
+                        chunk_mark.update(tokens=scorer.stats.tokens, size=len(chunk))
+                        _score_chunk(scorer, chunk, out, counts, with_rifd)
+                        done_samples += len(chunk)
+                        chunk = []
+                if chunk:
+                    stop.check()
                     chunk_mark.update(tokens=scorer.stats.tokens, size=len(chunk))
                     _score_chunk(scorer, chunk, out, counts, with_rifd)
                     done_samples += len(chunk)
-                    chunk = []
-            if chunk:
-                chunk_mark.update(tokens=scorer.stats.tokens, size=len(chunk))
-                _score_chunk(scorer, chunk, out, counts, with_rifd)
-                done_samples += len(chunk)
+        except BaseException as exc:  # run.json must not say "running" for a run that has ended
+            stop.ended = True  # a signal from here on changes nothing: let the manifest be written
+            live = stop.stats.to_json() if stop.stats is not None else {}
+            with contextlib.suppress(ReflectuneError):
+                run.update_manifest("score", {**setup, **live, "status": stop_status(exc),
+                                              "stop_reason": str(exc) or type(exc).__name__,
+                                              "seconds": round(time.monotonic() - started, 2)})
+            raise
+        stop.ended = True  # the work is done: finish (write the outputs) rather than stop now
         if progress is not None:
             progress(ScoreProgress(done_samples, total, scorer.stats.computed, scorer.stats.cached,
                                    scorer.stats.tokens, scorer.stats.tokens_per_s))
