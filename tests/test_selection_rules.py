@@ -392,3 +392,11 @@ def test_counts_add_up(all_scores: list) -> None:
     assert counts["samples"] == len(choices) == counts["kept"] + sum(counts["dropped"].values())
     assert sum(counts["outcomes"].values()) == sum(c.outcome is not None for c in choices)
     assert counts["kept"] <= counts["outcomes"]["both"] + counts["outcomes"]["response"]
+
+
+def test_top_k_without_the_below_one_filter_ranks_every_finite_ifd() -> None:
+    from reflectune.selection.rules import select_top_k
+
+    ifds = [0.5, None, 1.4, 1.2, float("nan")]
+    assert select_top_k(ifds, "2") == [0]  # the reference: IFD >= 1 never kept
+    assert select_top_k(ifds, "2", below_one=False) == [2, 3]  # the filter the user turned off stays off

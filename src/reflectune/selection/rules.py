@@ -189,13 +189,16 @@ def parse_top_k(text: str | int | TopK) -> TopK:
 
 
 def select_top_k(ifds: Sequence[float | None], top_k: TopK | str | int, *,
-                 pool: int | None = None) -> list[int]:
+                 pool: int | None = None, below_one: bool = True) -> list[int]:
     """Indices of the rows to keep: highest IFD first among finite IFD < 1, ties in input order.
 
     Args:
-        ifds: one IFD per candidate row (None = NaN, never kept; IFD >= 1 never kept).
+        ifds: one IFD per candidate row (None = NaN, never kept; IFD >= 1 never kept while
+            ``below_one``).
         top_k: a ``TopK`` or its text (``"5%"``, ``"1000"``).
         pool: the size a percentage refers to (default ``len(ifds)``).
+        below_one: the reference's IFD < 1 filter; off (``--no-below-one-filter``), every finite IFD
+            is ranked, so the top-k does not put back the filter the user turned off.
 
     Returns:
         The kept indices, best first.
@@ -206,7 +209,7 @@ def select_top_k(ifds: Sequence[float | None], top_k: TopK | str | int, *,
     """
     spec = parse_top_k(top_k)
     numbers = [(i, _num(v)) for i, v in enumerate(ifds)]
-    eligible = [(i, v) for i, v in numbers if v is not None and v < 1]
+    eligible = [(i, v) for i, v in numbers if v is not None and (v < 1 or not below_one)]
     eligible.sort(key=lambda iv: -iv[1])  # stable: ties keep input order
     return [i for i, _ in eligible[:spec.size(len(ifds) if pool is None else pool)]]
 

@@ -178,7 +178,8 @@ def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None
             pool = len(choices) if mode == "cherry" else len(keep)
             from reflectune.selection.rules import select_top_k
 
-            keep = sorted(keep[j] for j in select_top_k(ranked, spec, pool=pool))
+            keep = sorted(keep[j] for j in select_top_k(ranked, spec, pool=pool,
+                                                        below_one=below_one_filter))
         keep_set = set(keep)
         # 3. Write the kept rows in input order, in the input's shape.
         out_fmt = output_format or (None if output is not None else in_fmt)
