@@ -30,12 +30,15 @@ ALLOWED: dict[str, set[str]] = {
     "markers": set(),
     "config": {"errors", "keys"},
     "contracts": set(),
-    # L2: io, prompts and oracles know nothing of each other; the store writes through io.
+    # L2: io, prompts and oracles know nothing of each other (but the one build below); the store
+    # writes through io.
     "io": {"types", "errors"},
     "prompts": {"types", "errors", "markers"},
     "models": {"errors"},
     "store": {"errors", "keys", "contracts", "io"},
-    "oracles": {"types", "errors", "config", "markers", "models"},
+    # a local model's --template override renders through the chat template prompts/ builds from the
+    # student template files (oracles/local/prompt.py); the oracle still writes no prompt wording
+    "oracles": {"types", "errors", "config", "markers", "models", "prompts"},
     # L3: the engine and the stages.
     "engine": L1 | {"store", "oracles"},
     # recycle --verify asks the judge, by its own rules (one protocol, not two)
@@ -43,9 +46,11 @@ ALLOWED: dict[str, set[str]] = {
     "generation": L1 | L2 | {"engine"},
     "judging": L1 | L2 | {"engine"},
     "scoring": L1 | {"io", "prompts", "store", "models"},
-    "training": L1 | {"io", "prompts", "models"},
-    # select still runs score itself when scores are missing (the pipeline issue removes this edge)
-    "selection": L1 | {"io", "store", "scoring"},
+    # training's run folder is a RunFolder like every stage's: its lock refuses a second process,
+    # its run.json holds the train section
+    "training": L1 | {"io", "prompts", "models", "store"},
+    # select reads finished scores and never runs score: chaining stages is the pipeline's job
+    "selection": L1 | {"io", "store"},
     # L4 and L5
     "pipeline": L1 | L2 | {"engine"} | STAGES,
     "report": L1 | L2 | STAGES,

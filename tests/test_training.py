@@ -1,7 +1,9 @@
 """Training on the real embedded model, on CPU: a full run (loss falls, weights change, the saved
 model reloads and generates, resume), a LoRA run through the CLI (adapter trained, merged model
-reloads), response-only masking on TRL's own tokenized rows, the dry-run plan for a Llama-2-7B-sized
-config without weights, and the ``--sft`` pass-through.
+reloads, the adapter names its base portably), response-only masking on TRL's own tokenized rows,
+the run folder's record (run.json's train section: complete, stopped, interrupted; its lock), rows
+dropped for a prompt that fills --max-length, the dry-run plan for a Llama-2-7B-sized config without
+weights and its memory estimate against a measured run, and the ``--sft`` pass-through.
 
 CPU training is slow here (tens of tokens/s on 2 shared cores), so the runs use short real rows,
 the ``wiz`` template (the shortest prompt), max length 64 and a handful of steps.
@@ -57,10 +59,15 @@ def data32(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def full_run(data32: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
-    out = tmp_path_factory.mktemp("full") / "run"
-    result = train(data32, "embedded", out, learning_rate=1e-4, save_steps=3, save_total_limit=1,
+    """The run folder of a full fine-tune (its model in ``run/model``)."""
+    run = tmp_path_factory.mktemp("full") / "run"
+    result = train(data32, "embedded", run_dir=run, learning_rate=1e-4, save_steps=3, save_total_limit=1,
                    sft={"logging_steps": 1}, **FULL)
-    return result, out
+    return result, run
+
+
+def _section(run: Path) -> dict:
+    return json.loads((run / "run.json").read_text())["train"]
 
 
 def _metrics(out: Path) -> list[dict]:
@@ -95,23 +102,34 @@ def test_full_finetune_lowers_loss_changes_weights_and_reloads(full_run: tuple[o
     assert losses[2] < losses[1] < losses[0]
     assert records[0]["lr"] == pytest.approx(1e-4)  # no warmup: the first step trains at the peak
     assert all(r["tokens_per_s"] for r in records) and records[-1]["eta_s"] == 0
-    assert result.steps == 3 and result.rows == 4 and result.model_dir == out and result.adapter_dir is None
+    model = out / "model"
+    assert result.steps == 3 and result.rows == 4 and result.model_dir == model and result.adapter_dir is None
+    assert result.run_dir == out and result.manifest == out / "run.json" and result.resumed_from_step is None
+    assert not (out / "reflectune-train.json").exists() and not (model / "reflectune-train.json").exists()
 
-    manifest = json.loads((out / "reflectune-train.json").read_text())
+    manifest = _section(out)
+    assert manifest["status"] == "complete" and manifest["template"] == "wiz" == result.template
     assert manifest["effective_batch"] == 4 and manifest["gradient_accumulation"] == 2
     assert manifest["config"]["sft"] == {"logging_steps": 1} and manifest["versions"]["trl"]
+    assert manifest["config_hash"] and manifest["trained_rows"] == manifest["rows"] == 4
     assert manifest["first_loss"] == records[0]["loss"] and manifest["final_loss"] == records[-1]["loss"]
+    assert manifest["losses"] == [[r["step"], r["loss"]] for r in records]
+    assert manifest["inputs"]["data"]["sha256"] and manifest["resumed_from"] is None
+    assert manifest["base"]["name"] == "embedded" and manifest["base"]["fingerprint"].startswith("embedded:")
+    assert Path(manifest["base"]["path"]).is_dir()  # the exact local path stays in the run's record
+    assert manifest["outputs"]["model_dir"] == str(model) and manifest["outputs"]["adapter_dir"] is None
+    assert set(manifest["versions"]) >= {"reflectune", "torch", "transformers", "trl", "peft", "accelerate"}
 
     from transformers import AutoModelForCausalLM
 
-    trained = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    trained = AutoModelForCausalLM.from_pretrained(model).state_dict()
     base = _base_state()
     changed = [k for k in base if not torch.equal(base[k], trained[k].float())]
     assert len(changed) > 0.9 * len(base)
-    _generate(out)
+    _generate(model)
     from reflectune.models import resolve_model
 
-    assert resolve_model(f"hf:{out}").path == out
+    assert resolve_model(f"hf:{model}").path == model
 
 
 def test_resume_refuses_silently_restarting_and_continues(full_run: tuple[object, Path],
@@ -119,34 +137,47 @@ def test_resume_refuses_silently_restarting_and_continues(full_run: tuple[object
     _, out = full_run
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-3"]
     with pytest.raises(ConfigError, match="--resume"):
-        train(data32, "embedded", out, **FULL)
-    resumed = train(data32, "embedded", out, learning_rate=1e-4, resume=True, save_steps=3,
+        train(data32, "embedded", run_dir=out, **FULL)
+    assert _section(out)["status"] == "complete"  # a refused start leaves the run's record alone
+    resumed = train(data32, "embedded", run_dir=out, learning_rate=1e-4, resume=True, save_steps=3,
                     sft={"logging_steps": 1}, **FULL)
-    assert resumed.steps == 3  # the checkpoint was the last step: nothing left to train
-    manifest = json.loads((out / "reflectune-train.json").read_text())
-    assert manifest["resumed_from"].endswith("checkpoint-3")
+    assert resumed.steps == 3 and resumed.resumed_from_step == 3  # nothing left to train
+    manifest = _section(out)
+    assert manifest["resumed_from"]["step"] == 3 and manifest["resumed_from"]["checkpoint"].endswith(
+        "checkpoint-3")
     assert len(_metrics(out)) == 3  # metrics are kept, not restarted
 
 
 def test_lora_through_cli_trains_adapter_and_merges(data32: Path, tmp_path: Path) -> None:
     from reflectune.cli import app
 
-    out = tmp_path / "lora"
+    run, out = tmp_path / "lora-run", tmp_path / "lora"
     result = CliRunner().invoke(app, [
-        "train", str(data32), "--base", "embedded", "-o", str(out), "--lora", "--template", "wiz",
-        "--max-length", "64", "--global-batch", "4", "--per-device-batch", "4", "--lr", "1e-3",
-        "--warmup-ratio", "0", "--no-gradient-checkpointing", "--sft", "max_steps=1",
+        "train", str(data32), "--base", "embedded", "--run-dir", str(run), "-o", str(out), "--lora",
+        "--template", "wiz", "--max-length", "64", "--global-batch", "4", "--per-device-batch", "4",
+        "--lr", "1e-3", "--warmup-ratio", "0", "--no-gradient-checkpointing", "--sft", "max_steps=1",
         "--sft", "logging_steps=1"])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    assert "training summary" in result.output and f"hf:{out}" in result.output
+    flat = "".join(result.output.split())  # rich wraps long paths
+    assert "trainingsummary" in flat and f"hf:{out}" in flat and f"run:{run}" in flat
+    assert f"run.json:{run / 'run.json'}" in flat and f"metrics:{run / 'metrics.jsonl'}" in flat
 
     from safetensors.torch import load_file
 
-    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    adapter = load_file(run / "adapter" / "adapter_model.safetensors")
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
     assert len(lora_b) == 30 * 4  # 30 layers x q,k,v,o
     assert all(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: non-zero means it trained
-    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 16
+    adapter_config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 16
+    # the adapter names its base portably, not by this machine's cache path; run.json keeps the path
+    from reflectune.models.source import cache_dir
+
+    assert adapter_config["base_model_name_or_path"] == "embedded"
+    assert str(cache_dir()) not in (run / "adapter" / "adapter_config.json").read_text()
+    assert str(cache_dir()) not in (run / "adapter" / "README.md").read_text()
+    assert _section(run)["base"]["path"].startswith(str(cache_dir()))
+    assert json.loads((out / "reflectune-model.json").read_text())["base"] == "embedded"
 
     from transformers import AutoModelForCausalLM
 
@@ -237,7 +268,7 @@ def test_sft_pass_through_parsing_and_errors(data32: Path, tmp_path: Path) -> No
         train(data32, "embedded", tmp_path / "x", epoch=1)
     with pytest.raises(ConfigError, match="did you mean 'vicuna'"):
         TrainConfig(template="vicuma")
-    assert not (tmp_path / "x").exists()
+    assert not (tmp_path / "x").exists() and not (tmp_path / "runs").exists()  # refused before any folder
 
 
 def test_cli_errors_are_one_line_and_accelerate_configs_ship(data32: Path,
@@ -255,6 +286,93 @@ def test_cli_errors_are_one_line_and_accelerate_configs_ship(data32: Path,
             path.read_text()
     assert main(["train", "--print-accelerate-config", "fdsp"]) == 2
     assert "did you mean 'fsdp'" in capsys.readouterr().err
+
+
+def test_run_json_says_how_a_training_ended_and_its_lock_refuses_a_second(data32: Path,
+                                                                          tmp_path: Path) -> None:
+    from reflectune.errors import Interrupted, RunStopped, StoreError
+    from reflectune.store.rundir import RunFolder
+
+    run = tmp_path / "r"
+    with RunFolder(run, check_calls=False), pytest.raises(StoreError, match="in use"):
+        train(data32, "embedded", run_dir=run, max_samples=4, **FAST)
+
+    def stop(event: dict) -> None:
+        if event.get("event") == "begin":
+            raise RunStopped("stopped by the test")
+
+    with pytest.raises(RunStopped):
+        train(data32, "embedded", run_dir=run, on_log=stop, max_samples=4, **FAST)
+    section = _section(run)
+    assert section["status"] == "stopped" and section["stop_reason"] == "stopped by the test"
+    assert section["rows"] == 4 and section["template"] == "wiz"
+
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminate(event: dict) -> None:
+        if event.get("event") == "begin":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Interrupted, match="SIGTERM") as caught:
+        train(data32, "embedded", run_dir=run, on_log=terminate, max_samples=4, **FAST)
+    assert caught.value.exit_code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the caller's again
+    section = _section(run)
+    assert section["status"] == "interrupted" and "SIGTERM" in section["stop_reason"]
+
+
+def test_rows_whose_prompt_fills_max_length_are_counted_or_refused(data32: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    from reflectune.cli import app, main
+
+    rows = json.loads(data32.read_text())[:4]
+    rows[0]["instruction"] = "Repeat after me: " + "word " * 80  # the prompt alone is over 64 tokens
+    data = tmp_path / "long.json"
+    data.write_text(json.dumps(rows))
+    recipe = ["--base", "embedded", "--template", "wiz", "--global-batch", "3", "--per-device-batch", "3",
+              "--warmup-ratio", "0", "--no-gradient-checkpointing", "--epochs", "1", "--sft", "max_steps=1",
+              "--sft", "save_strategy=no"]
+    plan = plan_training(data, "embedded", template="wiz", max_length=64, global_batch=3, per_device_batch=3)
+    assert plan.skipped["prompt_too_long"] == 1 and plan.rows == 3
+    assert "1 prompt too long" in dict(format_plan(plan))["rows"]
+
+    run = tmp_path / "counted"
+    result = CliRunner().invoke(app, ["train", str(data), "--run-dir", str(run), "--max-length", "64",
+                                      *recipe])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "3, 1 prompt too long skipped" in result.output
+    section = _section(run)
+    assert section["skipped"]["prompt_too_long"] == 1
+    assert section["trained_rows"] == 3 and section["rows"] == 4
+
+    # every prompt fills --max-length: one line naming the file, the count and the way out
+    for args in (["--dry-run"], ["--run-dir", str(tmp_path / "refused")]):
+        assert main(["train", str(data), "--max-length", "8", *recipe, *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {data}: all 4 rows were dropped") and err.count("\n") == 1
+        assert "--max-length 8" in err and "larger --max-length" in err and "Traceback" not in err
+    assert _section(tmp_path / "refused")["status"] == "stopped"
+
+
+LONG_ROWS = 16  # the longest rows of the Alpaca file: every one reaches 512 tokens
+#: Peak RSS of real runs (2 steps, batch 4 x 512 tokens, full fine-tuning, fp32, AMD EPYC, 2 cores):
+#: /usr/bin/time -v of ``reflectune train``, with and without gradient checkpointing.
+MEASURED_GIB = {True: 4.92, False: 7.67}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the measurement was made on CPU")
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_the_memory_estimate_is_within_30_percent_of_a_measured_run(tmp_path: Path,
+                                                                     checkpointing: bool) -> None:
+    rows = json.loads(ALPACA.read_text(encoding="utf-8"))
+    rows.sort(key=lambda r: -(len(r["instruction"]) + len(r["input"]) + len(r["output"])))
+    data = tmp_path / "long.json"
+    data.write_text(json.dumps(rows[:LONG_ROWS]), encoding="utf-8")
+    plan = plan_training(data, "embedded", max_length=512, global_batch=4, per_device_batch=4,
+                         gradient_checkpointing=checkpointing)
+    assert plan.max_tokens == 512 and plan.dtype == "float32"
+    estimate = plan.memory["total_unsharded"] / 1024**3
+    assert abs(estimate / MEASURED_GIB[checkpointing] - 1) < 0.3, estimate
 
 
 def test_importing_training_stays_light() -> None:
@@ -278,9 +396,9 @@ KILL_RECIPE = ["--template", "wiz", "--max-length", "64", "--global-batch", "4",
         "--save-steps", "1", "--save-total-limit", "0", "--max-samples", "4", "-q"]  # = FULL, lr 1e-4
 
 
-def _train(data: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "reflectune", "train", str(data), "--base", "embedded", "-o", str(out),
-            *KILL_RECIPE, *extra]
+def _train(data: Path, run: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "reflectune", "train", str(data), "--base", "embedded", "--run-dir",
+            str(run), *KILL_RECIPE, *extra]
 
 
 def _weights(folder: Path) -> dict:
@@ -320,8 +438,8 @@ def test_kill_9_during_a_checkpoint_save_resumes_from_the_one_before(full_run: t
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert "skipping checkpoint-2" in resumed.stderr
-    manifest = json.loads((out / "reflectune-train.json").read_text())
-    assert manifest["resumed_from"].endswith("checkpoint-1") and manifest["steps"] == 3
-    final, expected = _weights(out), _weights(reference)
+    manifest = _section(out)
+    assert manifest["resumed_from"]["step"] == 1 and manifest["steps"] == 3
+    final, expected = _weights(out / "model"), _weights(reference / "model")
     assert final.keys() == expected.keys()
     assert all(final[k].equal(expected[k]) for k in expected), "resumed weights differ from a straight run"

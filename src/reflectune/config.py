@@ -128,6 +128,17 @@ class OracleConfig(_Frozen):
     #: HTTP oracles: how to force the reflection format (local oracles always force; left out of the
     #: JSON dump while "off")
     forcing: Literal["off", "prefill", "grammar"] = "off"
+    #: local backends: the prompt format: None = the model's recorded template (reflectune-model.json)
+    #: or its chat template; vicuna|alpaca|wiz|chat to override (left out of the JSON dump while None)
+    template: str | None = None
+
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, value: str | None) -> str | None:
+        if value is not None and value not in STUDENT_TEMPLATES:
+            raise ValueError(f"unknown template '{value}'{did_you_mean(value, STUDENT_TEMPLATES)}: "
+                             f"choose {', '.join(STUDENT_TEMPLATES)}")
+        return value
 
     @field_serializer("base_url", when_used="json")
     def _redacted_base_url(self, value: str | None) -> str | None:
@@ -143,6 +154,8 @@ class OracleConfig(_Frozen):
                 data.pop("allow_insecure_http", None)
             if self.forcing == "off":
                 data.pop("forcing", None)
+            if self.template is None:
+                data.pop("template", None)
         return data
 
 

@@ -21,6 +21,9 @@ message and an exit code, never a traceback.
 Which failures a plain rerun asks again is one rule, ``final_failure(kind)``: only deterministic
 outcomes (the same request would fail the same way) stay final in the store; everything else (auth,
 a wrong URL, timeouts, 5xx, rate limits that ran out of attempts) is retried by the next run.
+
+How a run that ended on an exception is recorded in ``run.json`` is one rule too, ``stop_status(exc)``,
+shared by the engine's stages and by training (which runs no engine).
 """
 
 from __future__ import annotations
@@ -129,3 +132,11 @@ def final_failure(kind: str | None) -> bool:
     if kind.startswith("http_4") and kind[5:].isdigit():
         return int(kind[5:]) not in _TRANSIENT_4XX
     return False
+
+
+def stop_status(exc: BaseException) -> str:
+    """``stopped`` for a clean stop the tool chose (resumable), ``interrupted`` for anything else
+    (a signal, Ctrl-C, an unexpected error)."""
+    if isinstance(exc, Interrupted) or not isinstance(exc, ReflectuneError):
+        return "interrupted"
+    return "stopped"

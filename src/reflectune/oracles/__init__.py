@@ -87,6 +87,9 @@ def make_oracle(spec: str | OracleConfig, *, session: Any = None, **options: Any
     module_name, _, class_name = ORACLES[backend].partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     accepted = inspect.signature(cls.from_spec).parameters
+    if config.template is not None and "template" not in accepted:
+        raise ConfigError(f"--template applies to local models (embedded, hf:PATH), not {config.spec}; "
+                          "the server applies its own chat template")
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         known = sorted({*OracleConfig.model_fields, *accepted} - {"arg", "spec", "session"})

@@ -6,7 +6,8 @@ Keys and URLs are configuration, not subclasses.
 
 What a backend *can* do is declared, not sniffed: ``capabilities`` says whether it can prefill the
 assistant turn (force the reflection format), whether its token counts are exact, how many requests
-it wants in flight, and what a token costs. Stages read these; none tests a backend by name.
+it wants in flight, what a token costs, and (local models) the prompt format it renders with.
+Stages read these; none tests a backend by name.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class Capabilities:
     preflight: bool = False
     #: ``context`` is the model's real window (not a guess): a longer prompt fails before it is sent.
     context_known: bool = True
+    #: The prompt format a local backend renders chat requests with (a student template, or
+    #: ``chat``: the model's chat template), for the records; ``None``: the server applies its own.
+    template: str | None = None
 
 
 @runtime_checkable

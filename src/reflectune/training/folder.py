@@ -1,13 +1,18 @@
-"""The training run folder: what may be written into it, and what may be resumed from it.
+"""The training run folder and the model folder: what may be written where, and what may be resumed.
 
-Three promises the Trainer does not keep by itself:
+A training has two folders. The *run folder* (``--run-dir``, default ``runs/<data>-<base>-train``) is
+a run folder like every stage's: ``run.json`` with its ``train`` section, ``metrics.jsonl``,
+``checkpoint-N/``, the start record, and for LoRA ``adapter/``. The *model folder* (``-o``, default
+``RUN/model``) is what the run produces: a plain Hugging Face folder. Three promises the Trainer does
+not keep by itself:
 
 - ``-o`` never overwrites a model without being told: not a folder that already holds a trained
-  model (unless ``--overwrite``), never the base model's own folder, and never a file.
-- ``--resume`` continues only the run it started: the folder records, at the start, the options,
-  base model and data it was started with (``reflectune-train.start.json``); a resume with other
-  ones is refused, naming what differs, instead of training on the checkpoint's schedule while the
-  manifest records the new one.
+  model (unless ``--overwrite``), never the base model's own folder, and never a file; the run
+  folder may not be the base's folder or a file either.
+- ``--resume`` continues only the run it started: the run folder records, at the start, the
+  options, base model and data it was started with (``reflectune-train.start.json``); a resume with
+  other ones is refused, naming what differs, instead of training on the checkpoint's schedule while
+  the manifest records the new one.
 - ``--resume`` starts from the newest *complete* checkpoint. A ``kill -9`` during a save leaves a
   ``checkpoint-N`` folder without its ``trainer_state.json`` (the Trainer writes it last); that one
   is skipped, and the complete one before it is used.
@@ -23,12 +28,12 @@ from typing import Any
 from reflectune.config import TrainConfig
 from reflectune.errors import ConfigError
 from reflectune.io.atomic import write_text_atomic
-from reflectune.models.source import content_sha256
+from reflectune.models.source import MODEL_RECORD, content_sha256
 
 START = "reflectune-train.start.json"
 #: Files that make a folder a trained model (or a training run's output).
 MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-               "adapter", "adapter_model.safetensors", "reflectune-train.json")
+               "adapter", "adapter_model.safetensors", MODEL_RECORD)
 #: Options that may change between a run and its resume: they do not change what is trained.
 RESUMABLE = frozenset({"resume", "overwrite", "report_to", "save_total_limit", "save_steps"})
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -37,19 +42,30 @@ _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.
             "adapter_model.safetensors")
 
 
-def check_output(out: Path, base_dir: Path | None, cfg: TrainConfig, *, resuming: bool) -> None:
-    """Refuse an ``-o`` that would overwrite what it should not."""
+def check_output(out: Path, base_dir: Path | None, cfg: TrainConfig, *, resuming: bool,
+                 what: str = "-o") -> None:
+    """Refuse a model folder (``-o``, or the run's ``adapter/``: ``what`` names it) that would
+    overwrite what it should not."""
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"-o {out} is a file: training writes a folder (the model, checkpoints, metrics)")
+        raise ConfigError(f"{what} {out} is a file: training writes a folder (the model and its tokenizer)")
     if base_dir is not None and out.exists() and out.resolve() == base_dir.resolve():
-        raise ConfigError(f"-o {out} is the base model's own folder: training would overwrite the model it "
-                          "starts from; choose another folder")
+        raise ConfigError(f"{what} {out} is the base model's own folder: training would overwrite the model "
+                          "it starts from; choose another folder")
     if resuming or cfg.overwrite or not out.is_dir():
         return
     held = [name for name in MODEL_FILES if (out / name).exists()]
     if held:
-        raise ConfigError(f"-o {out} already holds a trained model ({', '.join(held)}): pass --overwrite to "
-                          "replace it, or choose another folder")
+        raise ConfigError(f"{what} {out} already holds a trained model ({', '.join(held)}): pass --overwrite "
+                          "to replace it, or choose another folder")
+
+
+def check_run_dir(run_dir: Path, base_dir: Path | None) -> None:
+    """Refuse a run folder that is a file or the base model's own folder."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} is a file: training keeps a folder (run.json, metrics, "
+                          "checkpoints)")
+    if base_dir is not None and run_dir.exists() and run_dir.resolve() == base_dir.resolve():
+        raise ConfigError(f"--run-dir {run_dir} is the base model's own folder: choose another folder")
 
 
 def complete_checkpoint(out: Path) -> tuple[Path | None, list[str]]:
@@ -66,7 +82,7 @@ def complete_checkpoint(out: Path) -> tuple[Path | None, list[str]]:
     return None, skipped
 
 
-def _data_identity(data: Any) -> dict[str, Any] | None:
+def data_identity(data: Any) -> dict[str, Any] | None:
     if not isinstance(data, str | Path):
         return None  # samples in memory: nothing to compare
     path = Path(data)
@@ -82,7 +98,7 @@ def _data_identity(data: Any) -> dict[str, Any] | None:
 def start_record(cfg: TrainConfig, base: str, base_identity: str | None, data: Any) -> dict[str, Any]:
     """What this run is: the options that shape training, the base model, the data (by content)."""
     options = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in RESUMABLE}
-    return {"config": options, "base": base, "base_identity": base_identity, "data": _data_identity(data)}
+    return {"config": options, "base": base, "base_identity": base_identity, "data": data_identity(data)}
 
 
 def write_start(out: Path, record: dict[str, Any]) -> None:

@@ -4,7 +4,10 @@ A 7B run that dies on the first step because of a batch-size typo or an out-of-m
 queue slot. The plan needs only the model's ``config.json`` (parameters are counted on the ``meta``
 device under ``accelerate.init_empty_weights``), the tokenizer when there is one, and the data. It
 prints the batch arithmetic (effective batch = per-device x world size x accumulation), steps, tokens
-per step and a memory estimate. The memory figures are estimates (about +-30 %), not promises.
+per step and a memory estimate. The memory figures are estimates (about +-30 %), not promises; the
+terms and how they compare with a measured run are in :func:`_memory`. Rows whose prompt alone fills
+``max_length`` are counted as ``prompt_too_long`` (TRL drops them), and a plan in which every row is
+dropped fails as the run would.
 """
 
 from __future__ import annotations
@@ -17,14 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from reflectune.errors import ConfigError
+from reflectune.training.data import build_examples, example_lengths, load_training_samples, too_long_error
 from reflectune.training.rules import TrainConfig, make_config, resolve_world_size
-from reflectune.training.run import build_examples, load_training_samples
 from reflectune.types import Sample
 
 __all__ = ["TrainPlan", "format_plan", "plan_training"]
 
 _LENGTH_SAMPLE = 2000  # rows tokenized for the length statistics
 _GIB = 1024**3
+#: The Python process with torch, transformers and TRL loaded, less the weights (measured 0.69 GiB
+#: on CPU); on a GPU the CUDA context and kernels take about as much device memory.
+RUNTIME_BYTES = 700 * 1024**2
+#: TRL's fused LM head scores this many positions at a time: its logits never exceed it.
+_LOGIT_CHUNK = 32768
 
 
 @dataclass(frozen=True)
@@ -84,52 +92,65 @@ def _count_params(source: Any, config: TrainConfig) -> tuple[int, int, Any]:
     return total, adapter, model_config
 
 
-def _lengths(samples: list[Sample], config: TrainConfig, tokenizer: Any) -> tuple[list[int], bool]:
-    """Token counts of prompt+response for up to 2,000 rows (a seeded sample), or chars/4 without a
-    tokenizer."""
+def _lengths(samples: list[Sample], config: TrainConfig, tokenizer: Any) -> tuple[list[int], list[int], bool]:
+    """Token counts of (prompt, prompt+response) for up to 2,000 rows (a seeded sample), or chars/4
+    without a tokenizer."""
     rows = samples if len(samples) <= _LENGTH_SAMPLE else random.Random(config.seed).sample(
         samples, _LENGTH_SAMPLE)
     if tokenizer is None:
-        return [max(1, len(s.instruction) + len(s.input) + len(s.output) + 200) // 4 for s in rows], True
-    lengths = []
-    for example in build_examples(rows, config.template, tokenizer, config.prompts_dir):
-        if isinstance(example["prompt"], list):
-            ids = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=True,
-                                                return_dict=True)["input_ids"]
-        else:
-            ids = tokenizer(example["prompt"] + example["completion"])["input_ids"]
-        lengths.append(len(ids))
-    return lengths, False
+        prompts = [max(1, len(s.instruction) + len(s.input) + 200) // 4 for s in rows]
+        return prompts, [p + max(1, len(s.output) // 4) for p, s in zip(prompts, rows, strict=True)], True
+    pairs = [example_lengths(example, tokenizer)
+             for example in build_examples(rows, config.template, tokenizer, config.prompts_dir)]
+    return [p for p, _ in pairs], [n for _, n in pairs], False
 
 
 def _memory(config: TrainConfig, model_config: Any, params: int, trainable: int, dtype: str, seq: int,
-            world: int) -> dict[str, int]:
-    """Bytes per device. Full fine-tuning keeps fp32 master weights (4 B) and grads (4 B) plus
-    AdamW's two fp32 moments (8 B): 16 B per parameter, the figure behind "a 7B model needs about
-    112 GB before activations". LoRA keeps the frozen base in the half dtype and trains only the
-    adapters. Activations follow Korthikanti et al. (2022): about 34 x seq x hidden x batch bytes
-    per layer in 16-bit with fused attention; with checkpointing only each layer's input is kept,
-    plus one layer being recomputed. Logits are counted at 8 B per vocabulary entry (16-bit logits,
-    fp32 copy for the loss)."""
-    half = 4 if dtype == "float32" else 2
+            world: int, *, fused_attention: bool) -> dict[str, int]:
+    """Bytes per device, term by term.
+
+    - States. Full fine-tuning keeps fp32 master weights (4 B) and grads (4 B) plus AdamW's two
+      fp32 moments (8 B): 16 B per parameter, the figure behind "a 7B model needs about 112 GB
+      before activations". The Trainer's default AdamW is the fused one, which makes no temporary
+      copy of all parameters (the foreach one would add 4 B). LoRA keeps the frozen base in the
+      half dtype and gives the adapters the 16 B.
+    - Activations, after Korthikanti et al. (2022): about 34 x tokens x hidden bytes per layer in
+      16-bit (68 in fp32), plus the attention probabilities (heads x seq^2 x batch) where attention
+      is not fused (the CPU's SDPA math path keeps them; flash/memory-efficient kernels on GPU do
+      not). With checkpointing only each layer's input is kept, plus one layer being recomputed.
+    - Logits. TRL's fused LM head scores up to 32,768 positions at a time, in fp32: the logits, their
+      softmax, the entropy's product and, in the backward, the logits' gradient: 16 B per
+      vocabulary entry and position.
+    - Runtime: the process (or CUDA context) itself, 700 MiB.
+
+    Measured here (SmolLM2-135M, full, CPU fp32, batch 4 x 512 tokens, peak RSS of a real run):
+    4.9 GiB with checkpointing (this estimate: 4.4) and 7.7 GiB without (7.5); the old estimate,
+    which left out the runtime, the attention probabilities and half of the logits' copies, said
+    3.0 and 5.0.
+    """
+    width = 4 if dtype == "float32" else 2
     if config.lora:
-        weights, grads_opt = params * half + trainable * 4, trainable * (4 + 8)
+        weights, grads_opt = params * width + trainable * 4, trainable * (4 + 8)
     else:
         weights, grads_opt = params * 4, params * (4 + 8)
     hidden = int(getattr(model_config, "hidden_size", 0) or getattr(model_config, "n_embd", 0) or 0)
     layers = int(getattr(model_config, "num_hidden_layers", 0) or getattr(model_config, "n_layer", 0) or 0)
+    heads = int(getattr(model_config, "num_attention_heads", 0) or getattr(model_config, "n_head", 0) or 0)
     vocab = int(getattr(model_config, "vocab_size", 0) or 0)
     tokens = config.per_device_batch * seq
-    per_layer = 34 * tokens * hidden * half // 2
+    per_layer = 34 * tokens * hidden * width // 2
+    if not fused_attention:
+        per_layer += heads * seq * seq * config.per_device_batch * width
     if config.gradient_checkpointing:
-        activations = layers * tokens * hidden * half + per_layer
+        activations = layers * tokens * hidden * width + per_layer
     else:
         activations = layers * per_layer
-    activations += tokens * vocab * 8
+    logits = min(tokens, _LOGIT_CHUNK) * vocab * 16
     states = weights + grads_opt
+    fixed = activations + logits + RUNTIME_BYTES
     return {"weights": weights, "grads_and_optimizer": grads_opt, "activations": activations,
-            "total_unsharded": states + activations,
-            "total_fully_sharded": math.ceil(states / world) + activations}
+            "logits": logits, "runtime": RUNTIME_BYTES,
+            "total_unsharded": states + fixed, "total_fully_sharded": math.ceil(states / world) + fixed}
 
 
 def plan_training(data: str | Path | Iterable[Sample], base: str, *, config: TrainConfig | None = None,
@@ -153,10 +174,18 @@ def plan_training(data: str | Path | Iterable[Sample], base: str, *, config: Tra
     except (OSError, ValueError, TypeError):  # a config-only folder: estimate from characters
         tokenizer = None
     samples, skipped = load_training_samples(data, cfg.max_samples, fields=fields)
-    lengths, from_chars = _lengths(samples, cfg, tokenizer)
-    capped = [min(n, cfg.max_length) for n in lengths]
+    prompts, lengths, from_chars = _lengths(samples, cfg, tokenizer)
+    # TRL drops the rows whose prompt alone fills max_length (no response token is left); with a
+    # sample of the rows, the share dropped is scaled to all of them
+    kept = [n for p, n in zip(prompts, lengths, strict=True) if p < cfg.max_length]
+    dropped = round((len(lengths) - len(kept)) / len(lengths) * len(samples))
+    if not kept or dropped >= len(samples):
+        raise too_long_error(data, len(samples), cfg.max_length)
+    skipped = {**skipped, "prompt_too_long": dropped}
+    rows = len(samples) - dropped
+    capped = [min(n, cfg.max_length) for n in kept]
     mean_tokens = sum(capped) / len(capped)
-    micro_batches = math.ceil(len(samples) / (cfg.per_device_batch * world))
+    micro_batches = math.ceil(rows / (cfg.per_device_batch * world))
     steps_per_epoch = max(1, math.ceil(micro_batches / accumulation))
     device = pick_device()
     dtype = "float32" if device == "cpu" and cfg.dtype == "auto" else pick_dtype(device, cfg.dtype)
@@ -164,14 +193,15 @@ def plan_training(data: str | Path | Iterable[Sample], base: str, *, config: Tra
         dtype = "bfloat16"  # a multi-process plan made on a CPU box is for GPUs
     seq = max(capped)
     return TrainPlan(
-        config=cfg, base=base, rows=len(samples), skipped=skipped, world_size=world,
+        config=cfg, base=base, rows=rows, skipped=skipped, world_size=world,
         gradient_accumulation=accumulation,
         effective_batch=cfg.per_device_batch * world * accumulation,
         steps_per_epoch=steps_per_epoch, total_steps=math.ceil(steps_per_epoch * cfg.epochs),
         mean_tokens=round(mean_tokens, 1), max_tokens=seq,
         tokens_per_step=round(mean_tokens * cfg.global_batch), tokens_estimated_from_chars=from_chars,
         params=params, trainable_params=trainable, dtype=dtype,
-        memory=_memory(cfg, model_config, params, trainable, dtype, seq, world))
+        memory=_memory(cfg, model_config, params, trainable, dtype, seq, world,
+                       fused_attention=not (device == "cpu" and world == 1)))
 
 
 def format_plan(plan: TrainPlan) -> list[tuple[str, str]]:
@@ -206,6 +236,8 @@ def format_plan(plan: TrainPlan) -> list[tuple[str, str]]:
         ("memory: grads + AdamW", gib(mem["grads_and_optimizer"])),
         ("memory: activations", f"{gib(mem['activations'])} (batch {cfg.per_device_batch} x "
          f"{plan.max_tokens} tokens, checkpointing {'on' if cfg.gradient_checkpointing else 'off'})"),
+        ("memory: logits", f"{gib(mem['logits'])} (fp32, with their softmax and gradient)"),
+        ("memory: runtime", f"{gib(mem['runtime'])} (the process or CUDA context)"),
         ("memory per device", f"{gib(mem['total_unsharded'])} (DDP); {gib(mem['total_fully_sharded'])} "
          f"(FSDP / ZeRO-3 over {plan.world_size})"),
     ]

@@ -5,38 +5,47 @@ lr 2e-5, 3 epochs, cosine, warmup 0.03, max length 2048, the vicuna template, lo
 only) that must be turned into TRL/transformers arguments the same way on one CPU and on eight GPUs.
 :class:`~reflectune.training.rules.TrainConfig` holds those and a few more of our own; everything
 else TRL offers is reachable through ``sft={"key": value}`` (``--sft KEY=VALUE``), checked against
-``SFTConfig``'s fields.
+``SFTConfig``'s fields. Rows are built in :mod:`~reflectune.training.data`, the trainer in
+:mod:`~reflectune.training.trainer`, the saved folder's extras in :mod:`~reflectune.training.save`.
 
-The loop itself is TRL's. Samples become TRL *prompt/completion* rows (the prompt from
-:mod:`reflectune.prompts.student`, shared with IFD scoring) so that ``completion_only_loss`` masks
-every prompt token with -100. Progress leaves through a plain ``on_log(dict)`` callback, never
-through a UI library; metrics are appended to ``DIR/metrics.jsonl`` and the resolved run to
-``DIR/reflectune-train.json``. torch, transformers, trl and peft are imported inside functions only.
-
-Outputs: the trained model is always ``DIR`` (``hf:DIR`` loads it). LoRA runs keep the adapter in
-``DIR/adapter`` and, with ``merge=True`` (default), write the merged model to ``DIR``.
+A training is a run like every stage's: its run folder (``run_dir``, default
+``runs/<data>-<base>-train``) is opened as a :class:`~reflectune.store.rundir.RunFolder` for the
+whole training, so its lock refuses a second process, and ``run.json``'s ``train`` section says
+``running``, then ``complete``, or ``stopped`` / ``interrupted`` with the reason. The folder is the
+Trainer's ``output_dir``: ``metrics.jsonl``, ``checkpoint-N/``, the start record, and for LoRA
+``adapter/``. The model goes to ``output`` (default ``RUN/model``; LoRA: the merged model there
+unless ``merge=False``), a plain Hugging Face folder that also carries its prompt template.
+torch, transformers, trl and peft are imported inside functions only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sized
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from types import FrameType
+from typing import Any
 
-from reflectune.errors import ConfigError, DataError
+from reflectune.errors import ConfigError, Interrupted, ReflectuneError, stop_status
 from reflectune.io.atomic import write_text_atomic
-from reflectune.prompts.student import response_separator, student_prompt
+from reflectune.models import ModelSource
+from reflectune.store.rundir import MANIFEST, RunFolder, default_run_dir
+from reflectune.training.data import build_examples, data_label, load_training_samples
 from reflectune.training.folder import (
     check_output,
     check_resume,
+    check_run_dir,
     complete_checkpoint,
+    data_identity,
     start_record,
     write_start,
 )
@@ -44,15 +53,17 @@ from reflectune.training.rules import (
     ACCELERATE_CONFIGS,
     TrainConfig,
     accelerate_config_path,
-    check_sft_keys,
     make_config,
     parse_sft_overrides,
-    sft_field_names,
 )
+from reflectune.training.save import finish_model_folder, portable_adapter, portable_base_name
+from reflectune.training.trainer import METRICS, build_trainer, check_options
 from reflectune.types import Sample
 
 __all__ = [
     "ACCELERATE_CONFIGS",
+    "ADAPTER_DIR",
+    "MODEL_DIR",
     "TrainConfig",
     "TrainResult",
     "accelerate_config_path",
@@ -64,17 +75,24 @@ __all__ = [
     "train",
 ]
 
-MANIFEST = "reflectune-train.json"
-METRICS = "metrics.jsonl"
+STAGE = "train"
+#: The model folder's default name inside the run folder, and the LoRA adapter's.
+MODEL_DIR = "model"
+ADAPTER_DIR = "adapter"
+#: The Trainer's pickled arguments, saved with every model: not kept in ours (no pickle; run.json
+#: holds them as JSON). Checkpoints keep theirs.
+_ARGS_PICKLE = "training_args.bin"
 
 
 @dataclass(frozen=True)
 class TrainResult:
     """What a finished run produced. ``model_dir`` loads with ``hf:`` (None for an unmerged LoRA run)."""
 
+    #: the model folder asked for (``output``, default ``run_dir/model``)
     output_dir: Path
     model_dir: Path | None
     adapter_dir: Path | None
+    #: rows trained on, after every skip (``skipped`` says which and why)
     rows: int
     skipped: dict[str, int]
     steps: int
@@ -82,65 +100,60 @@ class TrainResult:
     first_loss: float | None
     final_loss: float | None
     train_seconds: float
+    #: ``run_dir/run.json``: its ``train`` section is the run's record
     manifest: Path
     metrics: Path
+    run_dir: Path
+    #: the checkpoint step this run resumed from; None when it started fresh
+    resumed_from_step: int | None
+    #: the prompt template it trained with (recorded in the model folder too)
+    template: str
 
 
-# --------------------------------------------------------------------------- data
+class _Section:
+    """The ``train`` section of ``run.json``: fixed fields plus each write's; a no-op off rank 0."""
+
+    def __init__(self, run: RunFolder | None, fields: dict[str, Any]) -> None:
+        self.run, self.fields = run, fields
+
+    def write(self, status: str, **extra: Any) -> None:
+        if self.run is not None:
+            self.run.update_manifest(STAGE, self.fields | extra | {"status": status})
 
 
-def load_training_samples(data: str | Path | Iterable[Sample], max_samples: int | None = None, *,
-                          fields: Mapping[str, str] | None = None) -> tuple[list[Sample], dict[str, int]]:
-    """Single-turn samples with a response, plus counts of what was skipped and why.
-
-    ``data`` is a file or folder (read by ``reflectune.io.read_samples``) or samples already read.
-    Multi-turn rows (``passthrough``) and rows with an empty output are skipped: the papers train on
-    single-turn pairs only.
-    """
-    if isinstance(data, str | Path):
-        from reflectune.io import read_samples
-
-        source: Iterable[Sample] = read_samples(str(data), fields=fields)
-    else:
-        source = data
-    kept: list[Sample] = []
-    skipped = {"multi_turn": 0, "empty_output": 0}
-    for sample in source:
-        if sample.passthrough:
-            skipped["multi_turn"] += 1
-        elif not sample.output.strip():
-            skipped["empty_output"] += 1
-        else:
-            kept.append(sample)
-            if max_samples and len(kept) >= max_samples:
-                break
-    if not kept:
-        raise DataError(f"no trainable rows (skipped: {skipped})", path=str(data) if isinstance(
-            data, str | Path) else None)
-    return kept, skipped
+def _is_main_process() -> bool:
+    """Rank 0 (or a single process): the one that locks the folder and writes the records."""
+    try:
+        return int(os.environ.get("RANK", "0")) == 0
+    except ValueError:
+        return True
 
 
-def build_examples(samples: Iterable[Sample], template: str, tokenizer: Any,
-                   prompts_dir: str | None = None) -> list[dict[str, Any]]:
-    """TRL prompt/completion rows. Plain templates give strings ending in the tokenizer's eos (the
-    ``</s>`` of the vicuna recipe); ``chat`` gives conversational rows rendered by the chat template."""
-    rows: list[dict[str, Any]] = []
-    if template == "chat":
-        if not getattr(tokenizer, "chat_template", None):
-            raise ConfigError("template 'chat' needs a tokenizer with a chat template; use vicuna or alpaca")
-        for s in samples:
-            content = f"{s.instruction}\n\n{s.input}" if s.input else s.instruction
-            rows.append({"prompt": [{"role": "user", "content": content}],
-                         "completion": [{"role": "assistant", "content": s.output}]})
-        return rows
-    eos, sep = tokenizer.eos_token or "", response_separator(template)
-    for s in samples:
-        rows.append({"prompt": student_prompt(template, s.instruction, s.input, prompts_dir=prompts_dir),
-                     "completion": sep + s.output + eos})
-    return rows
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """While training: SIGINT, SIGTERM and SIGHUP raise ``Interrupted`` (exit 128 + N), so the run
+    is recorded as interrupted and the CLI prints one line instead of dying silently."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
+    def handler(signum: int, frame: FrameType | None) -> None:
+        exc = Interrupted(f"interrupted by {signal.Signals(signum).name}: rerun with --resume to continue "
+                          "from the newest complete checkpoint")
+        exc.exit_code = 128 + signum
+        raise exc
 
-# --------------------------------------------------------------------------- trainer
+    previous: dict[int, Any] = {}
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            with contextlib.suppress(ValueError, OSError):
+                previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def _keep_metrics_until(path: Path, step: int) -> None:
@@ -160,259 +173,206 @@ def _keep_metrics_until(path: Path, step: int) -> None:
         write_text_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
-def _check_schedule(steps: int, warmup: int) -> None:
-    """A schedule that cannot change the weights is an error, not a successful run."""
-    if steps < 1:
-        raise ConfigError("the schedule has 0 optimizer steps: more data, more epochs or a smaller "
-                          "--global-batch")
-    if steps <= warmup and steps == 1:
-        raise ConfigError(f"the schedule trains at learning rate 0: its one step is a warmup step "
-                          f"(warmup {warmup} of {steps}); pass --warmup-ratio 0, or train longer")
-
-
-def _metrics_callback(path: Path, on_log: Callable[[dict[str, Any]], None] | None) -> Any:
-    """A ``TrainerCallback`` that appends each training log to ``metrics.jsonl`` and calls ``on_log``."""
-    from transformers import TrainerCallback
-
-    class _Metrics(TrainerCallback):
-        def __init__(self) -> None:
-            self.started = time.monotonic()
-            self.last: tuple[float, float] | None = None  # (time, cumulative tokens)
-            self.first_step = 0  # > 0 when resumed: the ETA counts this session's steps only
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self.started, self.first_step = time.monotonic(), state.global_step
-            _check_schedule(state.max_steps, args.get_warmup_steps(state.max_steps))
-            if on_log and state.is_world_process_zero:
-                on_log({"event": "begin", "max_steps": state.max_steps, "step": state.global_step,
-                        "epochs": args.num_train_epochs})
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
-            logs = logs or {}
-            if "loss" not in logs or not state.is_world_process_zero:
-                return
-            now = time.monotonic()
-            elapsed = now - self.started
-            tokens = float(logs.get("num_tokens", 0.0))
-            prev_t, prev_tok = self.last or (self.started, 0.0)
-            rate = (tokens - prev_tok) / (now - prev_t) if tokens and now > prev_t else None
-            self.last = (now, tokens)
-            done = max(state.global_step - self.first_step, 1)
-            record = {
-                "step": state.global_step, "max_steps": state.max_steps,
-                "epoch": round(float(logs.get("epoch", state.epoch or 0.0)), 4),
-                "loss": float(logs["loss"]), "lr": float(logs.get("learning_rate", 0.0)),
-                "tokens_per_s": round(rate, 1) if rate else None, "num_tokens": tokens or None,
-                "elapsed_s": round(elapsed, 2),
-                "eta_s": round(elapsed / done * (state.max_steps - state.global_step), 1),
-            }
-            with path.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
-            if on_log:
-                on_log({"event": "log", **record})
-
-    return _Metrics()
-
-
-def _sft_args(config: TrainConfig, output_dir: Path, *, device: str, dtype: str, accumulation: int,
-              quiet: bool) -> Any:
-    from trl import SFTConfig
-
-    check_sft_keys(config.sft)
-    if config.report_to != "none":
-        import importlib.util
-
-        if importlib.util.find_spec(config.report_to) is None:
-            raise ConfigError(f"--report-to {config.report_to}: not installed "
-                              f"(pip install {config.report_to})")
-    values: dict[str, Any] = {
-        "output_dir": str(output_dir),
-        "num_train_epochs": config.epochs,
-        "learning_rate": config.learning_rate,
-        "warmup_steps": config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
-        "weight_decay": config.weight_decay,
-        "lr_scheduler_type": config.lr_scheduler,
-        "max_length": config.max_length,
-        "per_device_train_batch_size": config.per_device_batch,
-        "gradient_accumulation_steps": accumulation,
-        "seed": config.seed,
-        "save_strategy": "steps",
-        "save_steps": config.save_steps,
-        "save_total_limit": config.save_total_limit,
-        "report_to": config.report_to,
-        "bf16": dtype == "bfloat16",
-        "fp16": dtype == "float16",
-        "use_cpu": device == "cpu",
-        # transformers 5 renamed it; the old name still works there but warns
-        ("activation_checkpointing" if "activation_checkpointing" in sft_field_names()
-         else "gradient_checkpointing"): config.gradient_checkpointing,
-        "completion_only_loss": True,
-        "logging_first_step": True,
-        "disable_tqdm": quiet,
-        **dict(config.sft),
-    }
-    try:
-        return SFTConfig(**values)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"invalid training configuration: {str(exc).splitlines()[0]}") from None
-
-
-def _quiet_libraries() -> None:
-    import datasets
-    from transformers.utils import logging as hf_logging
-
-    datasets.disable_progress_bars()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
-
-def build_trainer(data: str | Path | Iterable[Sample], base: str, output_dir: str | Path, *,
-                  config: TrainConfig | None = None, on_log: Callable[[dict[str, Any]], None] | None = None,
-                  fields: Mapping[str, str] | None = None, **options: Any) -> tuple[Any, dict[str, Any]]:
-    """Load the base model and the data and return a ready ``(SFTTrainer, info)`` without training.
-
-    :func:`train` calls this; use it directly for a custom loop or to inspect the tokenized rows
-    (``trainer.train_dataset[0]["labels"]``). ``info`` holds rows, skipped counts, world size,
-    gradient accumulation, device, dtype and timings.
-    """
-    from reflectune.models import load_causal_lm, pick_device, pick_dtype
-
-    cfg = make_config(config, **options)
-    out = Path(output_dir)
-    started = time.monotonic()
-    if on_log is not None:  # the caller draws its own progress: silence the libraries' bars
-        _quiet_libraries()
-    samples, skipped = load_training_samples(data, cfg.max_samples, fields=fields)
-    from accelerate import PartialState
-
-    state = PartialState()
-    world = state.num_processes
-    if cfg.world_size and cfg.world_size != world:
-        raise ConfigError(f"--world-size {cfg.world_size} but this process group has {world} process(es); "
-                          "--world-size is for --dry-run only")
-    accumulation = cfg.grad_accumulation(world)
-    device = pick_device()
-    # CPU trains in fp32 unless asked: bf16 backward was 4-5x slower than fp32 on the 2-core EPYC we
-    # measured (no AVX512-BF16), bf16 autocast slower still. pick_dtype's bf16 is for inference.
-    dtype = "float32" if device == "cpu" and cfg.dtype == "auto" else pick_dtype(device, cfg.dtype)
-    # Full fine-tuning keeps fp32 master weights and autocasts (lr 2e-5 updates vanish in bf16
-    # weights); LoRA's base is frozen, so it stays in the half dtype and only adapters train.
-    weights_dtype = dtype if cfg.lora else "float32"
-    args = _sft_args(cfg, out, device=device, dtype=dtype,
-                     accumulation=accumulation, quiet=on_log is not None)
-    # the trainer places the model (under ZeRO-3 it is partitioned at load time): train=True
-    model, tokenizer = load_causal_lm(base, dtype=weights_dtype, train=True)
-    loaded = time.monotonic()
-    from datasets import Dataset
-    from trl import SFTTrainer
-
-    peft_config = None
-    if cfg.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                 target_modules=cfg.lora_target_modules(), task_type="CAUSAL_LM")
-    out.mkdir(parents=True, exist_ok=True)
-    dataset = Dataset.from_list(build_examples(samples, cfg.template, tokenizer, cfg.prompts_dir))
-    try:
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             peft_config=peft_config,
-                             callbacks=[_metrics_callback(out / METRICS, on_log)])
-    except ValueError as exc:  # PEFT target names that match nothing, bad TRL combinations
-        raise ConfigError(f"cannot build the trainer: {str(exc).splitlines()[0]}") from None
-    if on_log is not None:  # no raw log dicts printed over the caller's display
-        from transformers.trainer_callback import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)
-    info = {"rows": len(samples), "trained_rows": len(cast(Sized, trainer.train_dataset)), "skipped": skipped,
-            "world_size": world, "gradient_accumulation": accumulation, "device": device, "dtype": dtype,
-            "weights_dtype": weights_dtype, "config": cfg,
-            "timings": {"load_s": round(loaded - started, 2),
-                        "prepare_s": round(time.monotonic() - loaded, 2)}}
-    return trainer, info
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(ValueError):
+            records.append(json.loads(line))
+    return records
 
 
 # --------------------------------------------------------------------------- train
 
 
-def train(data: str | Path | Iterable[Sample], base: str, output_dir: str | Path, *,
-          config: TrainConfig | None = None, on_log: Callable[[dict[str, Any]], None] | None = None,
-          fields: Mapping[str, str] | None = None, **options: Any) -> TrainResult:
-    """Fine-tune ``base`` on ``data`` and save the model in ``output_dir``.
+def train(data: str | Path | Iterable[Sample], base: str, output: str | Path | None = None, *,
+          run_dir: str | Path | None = None, config: TrainConfig | None = None,
+          on_log: Callable[[dict[str, Any]], None] | None = None, fields: Mapping[str, str] | None = None,
+          **options: Any) -> TrainResult:
+    """Fine-tune ``base`` on ``data``; the run lives in ``run_dir``, the model goes to ``output``.
 
     Args:
         data: an instruction file/folder (Alpaca JSON, JSONL, ShareGPT, parquet, CSV, HF disk) or samples.
         base: a model spec: ``embedded``, ``hf:PATH`` or a folder/``.gguf`` path.
-        output_dir: the run folder: model (or merged model), ``adapter/``, ``checkpoint-N/``,
-            ``metrics.jsonl`` and ``reflectune-train.json``.
+        output: the model folder (default ``run_dir/model``); for LoRA the merged model, none with
+            ``merge=False``. It gets the tokenizer's chat template for the training template and
+            ``reflectune-model.json``, so ``generate``/``judge`` prompt it as it was trained.
+        run_dir: the run folder (default ``runs/<data stem>-<base>-train``): ``run.json`` (its
+            ``train`` section), ``metrics.jsonl``, ``checkpoint-N/``, and for LoRA ``adapter/``.
+            Locked for the whole training.
         config: a :class:`TrainConfig`; ``options`` override its fields (``epochs=1, lora=True``).
         on_log: called with ``{"event": "begin"|"log"|"note"|"saved", ...}`` dicts for a progress display.
         fields: column mapping for the reader, e.g. ``{"instruction": "prompt"}``.
 
     Returns:
-        A :class:`TrainResult` (paths, row counts, steps, first and final loss, seconds).
+        A :class:`TrainResult` (paths, row counts, steps, first and final loss, seconds, resume step).
 
     Example::
 
-        result = train("recycled.json", "hf:/models/llama-2-7b", "runs/7b", lora=True, epochs=1)
-        print(result.model_dir, result.final_loss)
+        result = train("recycled.json", "hf:/models/llama-2-7b", run_dir="runs/7b", lora=True, epochs=1)
+        print(result.model_dir, result.final_loss)   # runs/7b/model
     """
-    from reflectune.models import model_fingerprint, resolve_model
+    from reflectune.models import resolve_model
 
     cfg = make_config(config, **options)
-    out = Path(output_dir)
-    emit = on_log or (lambda event: None)
+    check_options(cfg)  # before any folder exists
     source = resolve_model(base)
-    checkpoint, incomplete = complete_checkpoint(out)
-    if checkpoint and not cfg.resume and out.resolve() != source.path.resolve():
-        raise ConfigError(f"{out} already holds {checkpoint.name}: pass --resume to continue it, "
-                          "or choose another output folder")
-    check_output(out, source.path if source.path.is_dir() else None, cfg,
-                 resuming=cfg.resume and checkpoint is not None)
-    record = start_record(cfg, base, model_fingerprint(source), data)
-    if checkpoint:
-        if not check_resume(out, record):
-            emit({"event": "note", "message": f"{out} records no start settings (an older run): the "
+    folder = Path(run_dir) if run_dir is not None else default_run_dir(data_label(data) or "samples", base,
+                                                                       STAGE)
+    out = Path(output) if output is not None else folder / MODEL_DIR
+    check_run_dir(folder, source.path if source.path.is_dir() else None)
+    if not _is_main_process():  # ranks > 0 train alongside rank 0, which holds the folder
+        return _train(_Job(None, data, base, source, folder, out, cfg, on_log, fields))
+    with RunFolder(folder, check_calls=False) as run:
+        return _train(_Job(run, data, base, source, folder, out, cfg, on_log, fields))
+
+
+@dataclass
+class _Job:
+    """One training, as checked in step 1: what ``_run`` needs, in one place."""
+
+    run: RunFolder | None
+    data: str | Path | Iterable[Sample]
+    base: str
+    source: ModelSource
+    folder: Path
+    out: Path
+    cfg: TrainConfig
+    on_log: Callable[[dict[str, Any]], None] | None
+    fields: Mapping[str, str] | None
+    checkpoint: Path | None = None
+    incomplete: tuple[str, ...] = ()
+    record: dict[str, Any] = field(default_factory=dict)
+    portable: str = ""
+
+    @property
+    def main(self) -> bool:
+        return self.run is not None
+
+    @property
+    def resumed_from(self) -> int | None:
+        return int(self.checkpoint.name.rsplit("-", 1)[1]) if self.checkpoint else None
+
+    def emit(self, event: dict[str, Any]) -> None:
+        if self.on_log is not None:
+            self.on_log(event)
+
+
+def _train(job: _Job) -> TrainResult:
+    """Step 1 (check the folders, refuse before anything is written), then the run, recorded."""
+    from reflectune.models import model_fingerprint
+
+    cfg, folder = job.cfg, job.folder
+    base_dir = job.source.path if job.source.path.is_dir() else None
+    checkpoint, incomplete = complete_checkpoint(folder)
+    if checkpoint and not cfg.resume:
+        raise ConfigError(f"{folder} already holds {checkpoint.name}: pass --resume to continue it, "
+                          "or choose another --run-dir")
+    resuming = cfg.resume and checkpoint is not None
+    check_output(job.out, base_dir, cfg, resuming=resuming)
+    if cfg.lora:
+        check_output(folder / ADAPTER_DIR, base_dir, cfg, resuming=resuming, what="the adapter folder")
+    fingerprint = model_fingerprint(job.source)
+    job.checkpoint, job.incomplete = checkpoint, tuple(incomplete)
+    job.record = start_record(cfg, job.base, fingerprint, job.data)
+    if checkpoint and not check_resume(folder, job.record):
+        job.emit({"event": "note", "message": f"{folder} records no start settings (an older run): the "
                   "resume cannot check that its options and data are the same"})
-        _keep_metrics_until(out / METRICS, int(checkpoint.name.rsplit("-", 1)[1]))
-        for name in incomplete:  # a save that was killed: garbage the Trainer would trip over
-            emit({"event": "note", "message": f"skipping {name}: incomplete (its save was interrupted); "
-                  f"resuming from {checkpoint.name}"})
-            shutil.rmtree(out / name, ignore_errors=True)
+    job.portable = portable_base_name(job.base, job.source)
+    section = _Section(job.run, {
+        "config": cfg.model_dump(mode="json"), "config_hash": cfg.config_hash(),
+        "base": {"spec": job.base, "name": job.portable, "path": str(job.source.path.resolve()),
+                 "gguf_file": job.source.gguf_file, "fingerprint": fingerprint},
+        "data": data_label(job.data) or "<samples>", "inputs": {"data": data_identity(job.data)},
+        "template": cfg.template, "run_dir": str(folder),
+        "resumed_from": {"step": job.resumed_from, "checkpoint": str(checkpoint)} if checkpoint else None,
+        "outputs": {"model_dir": str(job.out) if not cfg.lora or cfg.merge else None,
+                    "adapter_dir": str(folder / ADAPTER_DIR) if cfg.lora else None,
+                    "metrics": str(folder / METRICS), "manifest": str(folder / MANIFEST)},
+        "versions": _versions()})
+    section.write("running")
+    try:
+        with _stop_on_signals():
+            return _run(job, section)
+    except BaseException as exc:
+        with contextlib.suppress(ReflectuneError):  # a failed write never hides the original error
+            reason = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+            section.write(stop_status(exc), stop_reason=reason)
+        raise
+
+
+def _run(job: _Job, section: _Section) -> TrainResult:
+    """Steps 2-6: resume or start, build the trainer, train, save, record."""
+    cfg, folder, checkpoint = job.cfg, job.folder, job.checkpoint
+    # 2. resume from the newest complete checkpoint, or start afresh
+    if checkpoint:
+        if job.main:
+            _keep_metrics_until(folder / METRICS, int(checkpoint.name.rsplit("-", 1)[1]))
+        for name in job.incomplete:  # a save that was killed: garbage the Trainer would trip over
+            job.emit({"event": "note", "message": f"skipping {name}: incomplete (its save was "
+                      f"interrupted); resuming from {checkpoint.name}"})
+            if job.main:
+                shutil.rmtree(folder / name, ignore_errors=True)
     else:
         if cfg.resume:
-            emit({"event": "note", "message": f"no complete checkpoint in {out}: starting from the "
-                  "beginning"})
-        (out / METRICS).unlink(missing_ok=True)
-    resume_from = str(checkpoint) if checkpoint else None
-    trainer, info = build_trainer(data, base, out, config=cfg, on_log=on_log, fields=fields)
-    if not checkpoint and trainer.is_world_process_zero():  # the config and data are valid by now
-        write_start(out, record)
+            job.emit({"event": "note", "message": f"no complete checkpoint in {folder}: starting from the "
+                      "beginning"})
+        if job.main:
+            (folder / METRICS).unlink(missing_ok=True)
+    # 3. the trainer: loads the base and the data (both are valid once it exists)
+    trainer, info = build_trainer(job.data, job.base, folder, config=cfg, on_log=job.on_log,
+                                  fields=job.fields)
+    if not checkpoint and job.main:
+        write_start(folder, job.record)
+    section.fields.update(
+        rows=info["rows"], trained_rows=info["trained_rows"], skipped=info["skipped"],
+        world_size=info["world_size"], gradient_accumulation=info["gradient_accumulation"],
+        effective_batch=cfg.per_device_batch * info["world_size"] * info["gradient_accumulation"],
+        device=info["device"], dtype=info["dtype"], weights_dtype=info["weights_dtype"])
+    section.write("running")
+    # 4. train
     started = time.monotonic()
-    output = trainer.train(resume_from_checkpoint=resume_from)
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_s = time.monotonic() - started
+    # 5. save the model, with its prompt template and a portable base name
     saved = time.monotonic()
-    model_dir, adapter_dir = _save(trainer, out, cfg, base, info)
+    model_dir, adapter_dir = _save(trainer, folder, job.out, cfg, job.base, info)
+    if job.main:
+        finish = {"template": cfg.template, "base": job.portable, "run_dir": folder,
+                  "base_chat_template": info["base_chat_template"], "prompts_dir": cfg.prompts_dir}
+        if adapter_dir is not None:
+            portable_adapter(adapter_dir, job.source, job.portable)
+            finish_model_folder(adapter_dir, trainer.processing_class, **finish)
+        if model_dir is not None:
+            tokenizer = info.get("merged_tokenizer") or trainer.processing_class
+            finish_model_folder(model_dir, tokenizer, **finish)
     info["timings"].update(train_s=round(train_s, 2), save_s=round(time.monotonic() - saved, 2))
-    records = [json.loads(line) for line in (out / METRICS).read_text().splitlines() if line.strip()] \
-        if (out / METRICS).exists() else []
+    # 6. the record
+    records = [r for r in _read_metrics(folder / METRICS) if "loss" in r]
     losses = [r["loss"] for r in records]
-    info["num_tokens"] = records[-1].get("num_tokens") if records else None
     result = TrainResult(
-        output_dir=out, model_dir=model_dir, adapter_dir=adapter_dir, rows=info["rows"],
+        output_dir=job.out, model_dir=model_dir, adapter_dir=adapter_dir, rows=info["trained_rows"],
         skipped=info["skipped"], steps=trainer.state.global_step, epochs=float(trainer.state.epoch or 0),
         first_loss=losses[0] if losses else None, final_loss=losses[-1] if losses else None,
-        train_seconds=round(train_s, 2), manifest=out / MANIFEST, metrics=out / METRICS)
-    if trainer.is_world_process_zero():
-        _write_manifest(result, info, base, data, trainer, output, resume_from)
-        emit({"event": "saved", "model_dir": str(model_dir) if model_dir else None,
-              "adapter_dir": str(adapter_dir) if adapter_dir else None})
+        train_seconds=round(train_s, 2), manifest=folder / MANIFEST, metrics=folder / METRICS,
+        run_dir=folder, resumed_from_step=job.resumed_from, template=cfg.template)
+    outputs = {**section.fields["outputs"], "model_dir": str(model_dir) if model_dir else None,
+               "adapter_dir": str(adapter_dir) if adapter_dir else None}
+    section.write("complete", steps=result.steps, epochs=result.epochs, first_loss=result.first_loss,
+                  final_loss=result.final_loss, train_loss=output.training_loss,
+                  losses=[[r.get("step"), r["loss"]] for r in records],
+                  num_tokens=records[-1].get("num_tokens") if records else None, timings=info["timings"],
+                  outputs=outputs, sft_config={k: v for k, v in trainer.args.to_dict().items()
+                                               if isinstance(v, str | int | float | bool | type(None))})
+    if job.main:
+        job.emit({"event": "saved", "model_dir": outputs["model_dir"], "adapter_dir": outputs["adapter_dir"]})
     return result
 
 
-def _save(trainer: Any, out: Path, cfg: TrainConfig, base: str, info: dict[str, Any]) -> tuple[
+def _save(trainer: Any, folder: Path, out: Path, cfg: TrainConfig, base: str, info: dict[str, Any]) -> tuple[
         Path | None, Path | None]:
-    """Full: the model and tokenizer in ``out``. LoRA: the adapter in ``out/adapter``, then (main
+    """Full: the model and tokenizer in ``out``. LoRA: the adapter in ``folder/adapter``, then (main
     process only) the base reloaded in the training dtype, the adapter merged in, saved in ``out``."""
     if not cfg.lora:
         if trainer.accelerator.num_processes == 1:  # sharded runs save what the trainer gathers (fp32)
@@ -420,11 +380,13 @@ def _save(trainer: Any, out: Path, cfg: TrainConfig, base: str, info: dict[str, 
 
             trainer.model.to(getattr(torch, info["dtype"]))
         trainer.save_model(str(out))
+        (out / _ARGS_PICKLE).unlink(missing_ok=True)
         return out, None
-    adapter = out / "adapter"
+    adapter = folder / ADAPTER_DIR
     with warnings.catch_warnings():  # PEFT's save reads a deprecated transformers property
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         trainer.save_model(str(adapter))
+    (adapter / _ARGS_PICKLE).unlink(missing_ok=True)
     if not cfg.merge:
         return None, adapter
     trainer.accelerator.wait_for_everyone()
@@ -437,6 +399,7 @@ def _save(trainer: Any, out: Path, cfg: TrainConfig, base: str, info: dict[str, 
         merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
         merged.save_pretrained(str(out), safe_serialization=True)
         tokenizer.save_pretrained(str(out))
+        info["merged_tokenizer"] = tokenizer
     trainer.accelerator.wait_for_everyone()
     return out, adapter
 
@@ -445,30 +408,7 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {"python": sys.version.split()[0]}
-    for name in ("reflectune", "torch", "transformers", "trl", "peft", "accelerate", "datasets"):
+    for name in ("reflectune", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "vllm"):
         with contextlib.suppress(PackageNotFoundError):
             found[name] = version(name)
     return found
-
-
-def _write_manifest(result: TrainResult, info: dict[str, Any], base: str, data: Any, trainer: Any,
-                    output: Any, resume_from: str | None) -> None:
-    cfg: TrainConfig = info["config"]
-    manifest = {
-        "config": cfg.model_dump(mode="json"),
-        "base": base, "data": str(data) if isinstance(data, str | Path) else "<samples>",
-        "rows": result.rows, "trained_rows": info["trained_rows"], "skipped": result.skipped,
-        "world_size": info["world_size"], "gradient_accumulation": info["gradient_accumulation"],
-        "effective_batch": cfg.per_device_batch * info["world_size"] * info["gradient_accumulation"],
-        "device": info["device"], "dtype": info["dtype"], "weights_dtype": info["weights_dtype"],
-        "steps": result.steps, "epochs": result.epochs, "resumed_from": resume_from,
-        "first_loss": result.first_loss, "final_loss": result.final_loss,
-        "train_loss": output.training_loss, "num_tokens": info["num_tokens"],
-        "timings": info["timings"],
-        "outputs": {"model_dir": str(result.model_dir) if result.model_dir else None,
-                    "adapter_dir": str(result.adapter_dir) if result.adapter_dir else None},
-        "sft_config": {k: v for k, v in trainer.args.to_dict().items()
-                       if isinstance(v, str | int | float | bool | type(None))},
-        "versions": _versions(),
-    }
-    write_text_atomic(result.manifest, json.dumps(manifest, indent=2, default=str) + "\n")

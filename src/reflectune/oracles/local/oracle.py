@@ -2,7 +2,8 @@
 embedded SmolLM2-135M-Instruct (``embedded``), micro-batched in one worker thread.
 
 This module is the model-facing half: identity (name, context, fingerprint, token counts) without
-loading weights, lazy loading on the worker, chat templating, the context check, and turning each
+loading weights, lazy loading on the worker, the prompt format (the model's chat template or a
+``--template`` override, :mod:`reflectune.oracles.local.prompt`), the context check, and turning each
 request's :class:`~reflectune.oracles.forcing.FormatPlan` segments into rows for one batched
 ``generate``. The queue and the worker thread live in :mod:`reflectune.oracles.local.worker`, the
 batched generate in :mod:`reflectune.oracles.local.decoding` (its rows in ``rows``, their stopping
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from reflectune.config import STUDENT_TEMPLATES, did_you_mean
 from reflectune.errors import ConfigError, OracleError, OracleRejected, ReflectuneError
 from reflectune.models import (
     EMBEDDED_NAME,
@@ -33,10 +35,11 @@ from reflectune.models import (
     pick_dtype,
     resolve_model,
 )
-from reflectune.models.source import embedded_converted_dir, embedded_gguf_path
+from reflectune.models.source import embedded_converted_dir, embedded_gguf_path, read_model_record
 from reflectune.oracles.base import FREE, Capabilities
 from reflectune.oracles.local.decoding import generate_rows
 from reflectune.oracles.local.kv_rows import Past
+from reflectune.oracles.local.prompt import PromptFormat, prompt_format, render
 from reflectune.oracles.local.rows import Row, Sampling
 from reflectune.oracles.local.worker import Job, MicroBatcher, deliver
 from reflectune.types import ChatRequest, Completion
@@ -64,6 +67,9 @@ class HFOracle:
         batch_size: most requests decoded together.
         context: override the model's context window (``max_position_embeddings``).
         num_threads: ``torch.set_num_threads`` for the process (default: torch's choice).
+        template: the prompt format: ``None`` renders with the model's chat template (for a folder
+            ``reflectune train`` saved, the template it trained with); vicuna, alpaca, wiz or chat
+            override it, and the override enters the fingerprint.
 
     Example::
 
@@ -73,9 +79,14 @@ class HFOracle:
 
     def __init__(self, spec: str, *, device: str | None = None, dtype: str | None = None,
                  batch_size: int = 8, context: int | None = None, num_threads: int | None = None,
-                 gather_s: float = 0.01) -> None:
+                 gather_s: float = 0.01, template: str | None = None) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        if template is not None and template not in STUDENT_TEMPLATES:
+            raise ConfigError(f"unknown template '{template}'{did_you_mean(template, STUDENT_TEMPLATES)}: "
+                              f"choose {', '.join(STUDENT_TEMPLATES)}")
+        self._template = template
+        self._format: PromptFormat | None = None
         self._spec = spec
         self.name = f"embedded:{EMBEDDED_NAME}" if spec == "embedded" else f"hf:{Path(spec[3:]).name}"
         self._device, self._dtype, self._context = device, dtype, context
@@ -99,13 +110,13 @@ class HFOracle:
     @classmethod
     def from_spec(cls, arg: str, *, device: str | None = None, dtype: str | None = None,
                   batch_size: int = 8, context: int | None = None,
-                  num_threads: int | None = None) -> HFOracle:
+                  num_threads: int | None = None, template: str | None = None) -> HFOracle:
         """Build from the part after ``hf:``."""
         if not arg:
             raise ConfigError("the hf oracle needs a model: --oracle hf:/path/to/model-folder "
                               "or hf:/path/to/model.gguf")
         return cls(f"hf:{arg}", device=device, dtype=dtype, batch_size=batch_size, context=context,
-                   num_threads=num_threads)
+                   num_threads=num_threads, template=template)
 
     @property
     def batch_size(self) -> int:
@@ -123,9 +134,23 @@ class HFOracle:
 
     @property
     def capabilities(self) -> Capabilities:
-        """Prefills the format, counts with the model's own tokenizer, costs nothing."""
+        """Prefills the format, counts with the model's own tokenizer, costs nothing, and names the
+        prompt format it renders with."""
         return Capabilities(prefill=True, exact_tokens=True, concurrency=self.preferred_concurrency,
-                            price=FREE)
+                            price=FREE, template=self.prompt_format.name)
+
+    @property
+    def prompt_format(self) -> PromptFormat:
+        """How requests are rendered: the ``--template`` override, else the model's own format (the
+        template ``reflectune-model.json`` records, else ``chat``). Reads no weights."""
+        if self._format is None:
+            try:
+                source = None if self._spec == "embedded" else resolve_model(self._spec)
+            except ConfigError:  # no model there (yet): loading says so; nothing recorded to read
+                return prompt_format(self._template, {})
+            folder = source.path if source is not None and not source.gguf_file else None
+            self._format = prompt_format(self._template, read_model_record(folder))
+        return self._format
 
     # -- identity -----------------------------------------------------------------------------
 
@@ -150,12 +175,17 @@ class HFOracle:
         In reduced precision a greedy answer depends on what it was batched with (4 of 8 changed
         between batch sizes 1 and 4 in bf16), so the batch size is part of the identity there: a run
         resumed with another ``--batch-size`` answers anew instead of mixing both. fp32 is exact.
+        A ``--template`` override is part of it too (``:template=alpaca@1``): answers rendered in
+        one format are never reused for another; the model's own format adds nothing, since its
+        chat template is among the files the weights' fingerprint hashes.
         """
         if self._fingerprint is None:
             source = (ModelSource("embedded", Path()) if self._spec == "embedded"
                       else resolve_model(self._spec))
             precision = self.dtype if self.dtype == "float32" else f"{self.dtype}@batch{self.batch_size}"
-            self._fingerprint = f"{model_fingerprint(source)}:{precision}"
+            override = self.prompt_format.override
+            suffix = f":template={override}" if override else ""
+            self._fingerprint = f"{model_fingerprint(source)}:{precision}{suffix}"
         return self._fingerprint
 
     def count_tokens(self, text: str) -> int:
@@ -231,16 +261,19 @@ class HFOracle:
         self._eos_ids = {int(i) for i in eos if i is not None}
         pad = self._tokenizer.pad_token_id
         self._pad_id = int(pad if pad is not None else min(self._eos_ids))
+        fmt = self.prompt_format
+        if fmt.override == "chat" and not fmt.chat_template and not getattr(self._tokenizer, "chat_template",
+                                                                             None):
+            self._load_error = ConfigError(f"--template chat: {self._spec} has no chat template; choose "
+                                           "vicuna, alpaca or wiz")
+            self._model = self._tokenizer = None
+            raise self._load_error
 
     def _prepare(self, job: Job) -> bool:
-        """Tokenize the chat-templated prompt; reject it if it does not fit the context."""
+        """Tokenize the prompt in the model's format; reject it if it does not fit the context."""
         messages = [{"role": m.role, "content": m.content} for m in job.request.messages]
         try:
-            if getattr(self._tokenizer, "chat_template", None):
-                text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                           tokenize=False)
-            else:  # a base model: a plain transcript
-                text = "".join(f"{m['role']}: {m['content']}\n\n" for m in messages) + "assistant: "
+            text = render(self._tokenizer, messages, self.prompt_format)
             job.prompt_ids = self._tokenizer.encode(text, add_special_tokens=False)
         except Exception as exc:  # e.g. a template that refuses a system message
             deliver(job, error=OracleRejected(f"cannot render the prompt: {type(exc).__name__}: {exc}"))
@@ -333,13 +366,13 @@ class EmbeddedOracle(HFOracle):
     @classmethod
     def from_spec(cls, arg: str = "", *, device: str | None = None, dtype: str | None = None,
                   batch_size: int = 8, context: int | None = None,
-                  num_threads: int | None = None) -> EmbeddedOracle:
+                  num_threads: int | None = None, template: str | None = None) -> EmbeddedOracle:
         """Build the embedded oracle; ``arg`` must be empty."""
         if arg:
             raise ConfigError(f"the embedded oracle takes no argument (got '{arg}'); "
                               f"for another model use --oracle hf:PATH")
         return cls("embedded", device=device, dtype=dtype, batch_size=batch_size, context=context,
-                   num_threads=num_threads)
+                   num_threads=num_threads, template=template)
 
 
 def _counting_tokenizer(source: ModelSource) -> Any:
