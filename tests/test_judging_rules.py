@@ -331,3 +331,17 @@ def test_tally_counts_add_up(events: list) -> None:
     assert (tally.win, tally.tie, tally.lose) == tuple(events.count(o) for o in OUTCOMES)
     assert tally.errors == events.count(None) + events.count("error")
     assert tally.score == winning_score(tally.win, tally.tie, tally.lose)
+
+
+def test_a_forced_judge_is_asked_for_its_scores_under_a_heading_and_read_there_only() -> None:
+    from reflectune.judging.rules import FORCED_SCORES, forced_scores, judge_request
+
+    plain = judge_request("Q?", "a", "b")
+    forced = judge_request("Q?", "a", "b", forced=True)
+    assert plain.sections == () and forced.sections == (FORCED_SCORES,)
+    assert forced.messages == plain.messages  # the same prompt: only the answer's shape is forced
+    assert judge_request("Q?", "a", "b", mode="pair-v2", forced=True).sections == ()
+    review = f"Both are fine, 3 4 points.\n\n{FORCED_SCORES}\n1. Assistant 1: 8.5\n2. Assistant 2: 6\n[End]"
+    assert forced_scores(review) == (8.5, 6.0)
+    assert forced_scores("8 7\nGood.") is None  # numbers outside the forced section are never read
+    assert forced_scores(f"{FORCED_SCORES}\n1. 1. 2. 3. 4.") is None

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
+from reflectune.markers import END
 from reflectune.prompts.render import load_template, render
 from reflectune.types import ChatRequest
 
@@ -104,9 +105,19 @@ def neutralise_delimiters(text: str) -> str:
     return _DELIMITER.sub(lambda m: f"\uff3b{m.group(1)}\uff3d", text)
 
 
+#: A judge that can be forced (a local model; an HTTP one with ``--forcing``) writes a short review,
+#: then its two scores under this marker, written for it: a 135M model never starts with the score
+#: line the prompt asks for, but under this heading it writes "Assistant 1: 8 / Assistant 2: 7".
+#: The scores are then read from that section only, never from numbers in the review.
+FORCED_SCORES = "The scores of Assistant 1 and Assistant 2 (1-10), separated by a space:"
+#: The review's budget before the scores' heading.
+FORCED_REVIEW_TOKENS = 32
+
+
 def judge_request(question: str, first: str, second: str, *, mode: Mode = "score",
                   reminder: bool = False, max_tokens: int | None = 1024,
-                  temperature: float = 0.0, prompts_dir: str | None = None) -> ChatRequest:
+                  temperature: float = 0.0, prompts_dir: str | None = None,
+                  forced: bool = False) -> ChatRequest:
     """The chat request asking the judge to compare ``first`` (Assistant 1 / A) and ``second``.
 
     Args:
@@ -117,6 +128,8 @@ def judge_request(question: str, first: str, second: str, *, mode: Mode = "score
             (and cache key) used to re-ask when a review could not be parsed.
         prompts_dir: a folder whose ``judge-<mode>.txt`` / ``judge-<mode>-reminder.txt``, if any,
             replace the packaged templates.
+        forced: the backend forces formats (``Capabilities.prefill``): in ``score`` mode, ask for the
+            scores under :data:`FORCED_SCORES` after a short review (read with :func:`forced_scores`).
 
     The texts enter the template as given (its rendering is pinned byte for byte); the runner
     neutralises judge-template headers inside them first (:func:`neutralise_delimiters`).
@@ -133,7 +146,18 @@ def judge_request(question: str, first: str, second: str, *, mode: Mode = "score
     messages = render(load_template(name, prompts_dir), **values)
     if reminder:
         messages += render(load_template(f"{name}-reminder", prompts_dir))
+    if forced and mode == "score":
+        return ChatRequest(messages=messages, max_tokens=max_tokens, temperature=temperature,
+                           sections=(FORCED_SCORES,), critique_tokens=FORCED_REVIEW_TOKENS)
     return ChatRequest(messages=messages, max_tokens=max_tokens, temperature=temperature)
+
+
+def forced_scores(review: str | None) -> tuple[float, float] | None:
+    """The two scores of a forced review, read from its :data:`FORCED_SCORES` section only."""
+    if not review or FORCED_SCORES not in review:
+        return None
+    section = review.split(FORCED_SCORES, 1)[1].split(END, 1)[0]
+    return parse_scores(section)
 
 
 # -- parsing ----------------------------------------------------------------------------------------

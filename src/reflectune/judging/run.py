@@ -39,6 +39,7 @@ from reflectune.judging.rules import (
     Tally,
     combine_orders,
     find_delimiters,
+    forced_scores,
     judge_request,
     neutralise_delimiters,
     parse_scores,
@@ -248,11 +249,12 @@ async def _judge_order(engine: Engine, question: str, a: str, b: str, *, a_first
                        prompts_dir: str | None = None) -> OrderResult:
     first, second = (a, b) if a_first else (b, a)
     result = OrderResult(a_first=a_first)
+    forced = engine.oracle.capabilities.prefill
     for reminder in (False, True):
         if reminder and not retry_unparsed:
             break
         request = judge_request(question, first, second, mode=mode, reminder=reminder,
-                                max_tokens=max_tokens, prompts_dir=prompts_dir)
+                                max_tokens=max_tokens, prompts_dir=prompts_dir, forced=forced)
         record = await engine.call(JUDGE_STAGE, request, version=template_version(mode, prompts_dir),
                                    sample_id=sample_id)
         result.retried = reminder
@@ -267,7 +269,7 @@ async def _judge_order(engine: Engine, question: str, a: str, b: str, *, a_first
                 result.outcome = verdict_outcome(verdict, a_first=a_first)
                 return result
         else:
-            scores = parse_scores(record.content)
+            scores = forced_scores(record.content) if forced else parse_scores(record.content)
             if scores is not None:
                 result.scores, result.error = scores, None
                 result.outcome = review_outcome(scores, a_first=a_first)
