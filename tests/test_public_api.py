@@ -12,15 +12,16 @@ from pydantic import BaseModel
 
 import reflectune
 
-VERBS = ["estimate", "generate", "judge", "recycle", "score", "select", "train"]
+VERBS = ["estimate", "generate", "judge", "recycle", "run", "score", "select", "train"]
 CONFIGS = ["EngineConfig", "GenerateConfig", "JudgeConfig", "OracleConfig", "RecycleConfig", "RunConfig",
            "SamplingConfig", "ScoreConfig", "SelectConfig", "TrainConfig"]
-SUMMARIES = ["GenerateSummary", "JudgeReport", "RecycleSummary", "ScoreSummary", "SelectSummary",
-             "TrainResult"]
+SUMMARIES = ["GenerateSummary", "JudgeReport", "PipelineResult", "RecycleSummary", "ScoreSummary",
+             "SelectSummary", "TrainResult"]
 ERRORS = ["ConfigError", "DataError", "OracleError", "ReflectuneError", "RunStopped", "StoreError"]
 RECORDS_AND_SEAMS = ["Capabilities", "ChatRequest", "Completion", "DatasetWriter", "Engine", "FakeOracle",
                      "Message", "Oracle", "Sample", "Store"]
-FUNCTIONS = ["choose_variant", "load_testsets", "make_oracle", "parse_reflection", "read_samples"]
+FUNCTIONS = ["choose_variant", "load_run_config", "load_testsets", "make_oracle", "parse_reflection",
+             "read_samples"]
 EXPECTED = [*VERBS, *CONFIGS, *SUMMARIES, *ERRORS, *RECORDS_AND_SEAMS, *FUNCTIONS, "__version__"]
 
 
@@ -59,7 +60,7 @@ def test_recycle_is_the_function_even_when_its_run_module_was_imported_first() -
 def test_every_verb_takes_its_config() -> None:
     takes = {"recycle": "RecycleConfig", "estimate": "RecycleConfig", "score": "ScoreConfig",
              "select": "SelectConfig", "train": "TrainConfig", "generate": "GenerateConfig",
-             "judge": "JudgeConfig"}
+             "judge": "JudgeConfig", "run": "RunConfig"}
     for verb, config in takes.items():
         parameter = inspect.signature(getattr(reflectune, verb)).parameters.get("config")
         assert parameter is not None, f"{verb}() takes no config"
@@ -68,9 +69,13 @@ def test_every_verb_takes_its_config() -> None:
 
 def test_run_config_gathers_one_section_per_stage() -> None:
     sections = reflectune.RunConfig.model_fields
-    assert list(sections) == ["recycle", "score", "select", "train", "generate", "judge"]
-    for name, field in sections.items():
-        assert field.annotation is type(getattr(reflectune.RunConfig(), name)), name
+    assert list(sections) == ["recycle", "score", "select", "train", "generate", "judge", "data", "run_dir"]
+    takes = {"recycle": "RecycleConfig", "score": "ScoreConfig", "select": "SelectConfig",
+             "train": "TrainConfig", "generate": "GenerateConfig", "judge": "JudgeConfig"}
+    for name, config in takes.items():
+        section = getattr(reflectune.RunConfig(), name)
+        assert sections[name].annotation is type(section), name
+        assert isinstance(section, getattr(reflectune, config)) and type(section.stage()).__name__ == config
 
 
 def test_importing_the_package_and_the_http_path_does_not_import_torch() -> None:

@@ -29,6 +29,8 @@ _EXPORTS: dict[str, str] = {
     "train": "reflectune.training",
     "generate": "reflectune.generation",
     "judge": "reflectune.judging",
+    "run": "reflectune.pipeline",
+    "load_run_config": "reflectune.pipeline",
     # configs: one per stage, gathered in RunConfig
     "RunConfig": "reflectune.config",
     "RecycleConfig": "reflectune.config",
@@ -47,6 +49,7 @@ _EXPORTS: dict[str, str] = {
     "TrainResult": "reflectune.training",
     "GenerateSummary": "reflectune.generation",
     "JudgeReport": "reflectune.judging",
+    "PipelineResult": "reflectune.pipeline",
     # records and seams
     "ChatRequest": "reflectune.types",
     "Completion": "reflectune.types",

@@ -467,12 +467,91 @@ class TrainConfig(_Frozen):
 
 # -- the whole method --------------------------------------------------------------------------
 
-class RunConfig(_Frozen):
-    """One experiment: a section per stage (METHOD.md §4-§7). A pipeline file loads into this."""
+#: The stages of the method, in the order a pipeline runs them.
+STAGES: tuple[str, ...] = ("recycle", "score", "select", "train", "generate", "judge")
 
-    recycle: RecycleConfig = RecycleConfig()
-    score: ScoreConfig = ScoreConfig()
-    select: SelectConfig = SelectConfig()
-    train: TrainConfig = TrainConfig()
-    generate: GenerateConfig = GenerateConfig()
-    judge: JudgeConfig = JudgeConfig()
+
+class _Step(_Frozen):
+    #: ``false``: the stage does not run; a later stage then reads its own ``input`` (or the data)
+    enabled: bool = True
+    #: what the stage reads instead of the previous stage's output (a path, or for generate a model)
+    input: str | None = None
+
+    def step_hash(self) -> str:
+        """The hash of what decides this stage's outputs, besides its inputs' content."""
+        return content_key(self.model_dump(mode="json", exclude={"enabled", "input"}))[:16]
+
+    def _as(self, base: type[M]) -> M:
+        """The stage's own Config: this section without the fields the pipeline added."""
+        return base(**self.model_dump(exclude=set(type(self).model_fields) - set(base.model_fields)))
+
+
+class RecycleStep(RecycleConfig, _Step):
+    """recycle: reads the pipeline's ``data`` (or ``input``)."""
+
+    def stage(self) -> RecycleConfig:
+        return self._as(RecycleConfig)
+
+
+class ScoreStep(ScoreConfig, _Step):
+    """score: reads recycle's run folder; with recycle off, the ``data`` (Cherry LLM mode)."""
+
+    def stage(self) -> ScoreConfig:
+        return self._as(ScoreConfig)
+
+
+class SelectStep(SelectConfig, _Step):
+    """select: reads the scores of the folder score wrote."""
+
+    def stage(self) -> SelectConfig:
+        return self._as(SelectConfig)
+
+
+class TrainStep(TrainConfig, _Step):
+    """train: reads select's output (or ``input``) and fine-tunes ``base``."""
+
+    #: the student to fine-tune; default: the one that scored (``score.student``)
+    base: str | None = None
+
+    def stage(self) -> TrainConfig:
+        return self._as(TrainConfig)
+
+
+class GenerateStep(GenerateConfig, _Step):
+    """generate: the trained model (or the model spec in ``input``) answers the test sets; so does
+    the ``baseline`` model, for the judge to compare against."""
+
+    testset: str = "all"
+    limit: int | None = Field(None, ge=1, description="the first N prompts of each test set")
+    prompts_file: str | None = None
+    #: the model whose answers the judge compares with: ``base`` (the student before training), a
+    #: model spec, or None (then ``judge.baseline`` names an answers file)
+    baseline: str | None = "base"
+
+    def stage(self) -> GenerateConfig:
+        return self._as(GenerateConfig)
+
+
+class JudgeStep(JudgeConfig, _Step):
+    """judge: the trained model's answers (or ``input``) against the baseline's (or ``baseline``)."""
+
+    baseline: str | None = None
+
+    def stage(self) -> JudgeConfig:
+        return self._as(JudgeConfig)
+
+
+class RunConfig(_Frozen):
+    """One experiment: a section per stage (METHOD.md §4-§7). A pipeline file loads into this
+    (``reflectune.pipeline.load_run_config``); ``reflectune.run(config)`` runs it."""
+
+    recycle: RecycleStep = RecycleStep()
+    score: ScoreStep = ScoreStep()
+    select: SelectStep = SelectStep()
+    train: TrainStep = TrainStep()
+    generate: GenerateStep = GenerateStep()
+    judge: JudgeStep = JudgeStep()
+    #: the dataset the first stage reads
+    data: str | None = None
+    #: the pipeline folder (default ``runs/<pipeline file's name>``)
+    run_dir: str | None = None

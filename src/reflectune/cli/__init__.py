@@ -14,7 +14,7 @@ import typer
 
 from reflectune.errors import ReflectuneError
 
-COMMAND_MODULES = ("recycle", "score", "select", "train", "generate", "judge", "models", "demo")
+COMMAND_MODULES = ("recycle", "score", "select", "train", "generate", "judge", "run", "models", "demo")
 
 app = typer.Typer(
     name="reflectune",
