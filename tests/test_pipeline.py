@@ -119,6 +119,8 @@ def test_the_whole_method_runs_and_records_its_lineage(finished: tuple[Path, dic
         assert entry["outputs"] and all("sha256" in o or "files" in o for o in entry["outputs"].values())
     assert {"reflectune", "torch", "transformers", "trl"} <= set(lineage["versions"])
     assert "base_url" in json.dumps(lineage["config"]["judge"])
+    assert result["report"] == str(path.parent / "runs" / "p" / "report.html")  # the run's page
+    assert "reflectune report: p" in Path(result["report"]).read_text(encoding="utf-8")
 
 
 def test_a_rerun_skips_every_stage_and_calls_nothing(finished: tuple[Path, dict[str, Any]]) -> None:

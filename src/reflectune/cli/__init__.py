@@ -14,7 +14,8 @@ import typer
 
 from reflectune.errors import ReflectuneError
 
-COMMAND_MODULES = ("recycle", "score", "select", "train", "generate", "judge", "run", "models", "demo")
+COMMAND_MODULES = ("recycle", "score", "select", "train", "generate", "judge", "run", "report", "models",
+                   "demo")
 
 app = typer.Typer(
     name="reflectune",

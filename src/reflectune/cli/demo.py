@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from reflectune.cli.display import finish, progress_table, summary_table
+from reflectune.cli.display import finish, print_report, progress_table, summary_table
 from reflectune.config import (
     EngineConfig,
     GatesConfig,
@@ -102,6 +102,7 @@ def demo_command(
                   "mostly echoes its critique or copies the original, and the gates say so. For real data "
                   "point --oracle at a strong model, e.g. `reflectune recycle data.json --oracle "
                   "openai:gpt-4o-mini --verify openai:gpt-4o-mini`.", soft_wrap=False)
+    print_report(console, summary.run_dir, medians=True)
     finish(console, summary.outcome)
 
 

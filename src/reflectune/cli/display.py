@@ -106,3 +106,22 @@ def finish(console: Console, outcome: Any) -> None:
     if not outcome.produced:
         console.print(f"[red]nothing was produced[/red] (0 {outcome.unit})")
     raise typer.Exit(outcome.exit_code)
+
+
+def print_report(console: Console, folder: Any, *, medians: bool = False) -> str | None:
+    """Write the folder's report.html and print its path (and, for recycle and select, the
+    before/after medians). The stage already succeeded: a report that cannot be written is a warning,
+    never a changed exit code."""
+    from reflectune.errors import ReflectuneError
+    from reflectune.report import report
+
+    try:
+        result = report(folder)
+    except (ReflectuneError, OSError) as exc:
+        console.print(f"[yellow]report not written[/yellow]: {exc}", soft_wrap=True)
+        return None
+    if medians:
+        for line in result.summary:
+            console.print(line)
+    console.print(f"report:   {result.path}", soft_wrap=True)
+    return str(result.path)

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from reflectune.cli.display import finish
+from reflectune.cli.display import finish, print_report
 from reflectune.cli.options import (
     ORACLE,
     AllowInsecureHttp,
@@ -30,6 +30,7 @@ from reflectune.cli.options import (
     RunDir,
     Timeout,
     Tpm,
+    WriteReport,
     shared_values,
 )
 
@@ -95,6 +96,7 @@ def judge_command(
     prompts: Prompts = None,
     by_category: bool = typer.Option(True, help="Also print the per-category table."),
     quiet: Quiet = False,
+    html: WriteReport = True,
 ) -> None:
     """Compare two answer files with a pairwise LLM judge, both orders (win/tie/lose, winning score)."""
     from reflectune.judging.rules import Mode
@@ -151,6 +153,8 @@ def judge_command(
                   f"cost {'unknown' if cost is None else f'${cost:.4f}'}; {data['elapsed_s']:.1f} s")
     console.print(f"report: {result.report_path}" + (f"\nchart:  {result.chart_path}" if result.chart_path
                                                        else "") + f"\nreviews: {result.judgments_path}")
+    if html:
+        print_report(console, result.run_dir)
     finish(console, result.outcome)
 
 

@@ -35,6 +35,9 @@ Forcing = Annotated[str, typer.Option(
     "as vLLM, SGLang and llama.cpp's llama-server accept) | grammar (a GBNF/regex constraint: llama.cpp "
     "`grammar`, vLLM structured outputs) | off")]
 
+WriteReport = Annotated[bool, typer.Option("--html/--no-html", help="Write RUN/report.html, the run's page "
+                                          "(reflectune report), when done.")]
+
 # -- the engine (limits, retries, cost) --------------------------------------------------------
 Concurrency = Annotated[int | None, typer.Option(min=1, help="Requests in flight (default 64; local: 2x "
                                                  "batch).")]

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from reflectune.cli.display import finish, progress_table, summary_table
+from reflectune.cli.display import finish, print_report, progress_table, summary_table
 from reflectune.cli.options import (
     ENGINE,
     ORACLE,
@@ -36,6 +36,7 @@ from reflectune.cli.options import (
     RunDir,
     Timeout,
     Tpm,
+    WriteReport,
     engine_values,
     oracle_values,
 )
@@ -117,6 +118,7 @@ def recycle_command(
                                       "also those it cannot tell apart."),
     dry_run: bool = typer.Option(False, help="Estimate calls, tokens and cost; call nothing."),
     quiet: Quiet = False,
+    html: WriteReport = True,
 ) -> None:
     """Reflect every (instruction, response) pair with an oracle LLM (Reflection-Tuning, V1)."""
     config = build_config(**locals())
@@ -145,6 +147,8 @@ def recycle_command(
     console.print(f"output:   {summary.output}\nvariants: {summary.variants}\nrun:      {summary.run_dir}")
     if summary.rejects:
         console.print(f"rejects:  {summary.rejects} ({summary.rejected} rows)")
+    if html:
+        print_report(console, summary.run_dir, medians=True)
     finish(console, summary.outcome)
 
 

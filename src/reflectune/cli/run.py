@@ -10,6 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from reflectune.cli.display import print_report
+from reflectune.cli.options import WriteReport
+
 _ACTION_STYLE = {"run": "bold", "up to date": "green", "off": "dim", "outside": "dim"}
 
 
@@ -62,6 +65,7 @@ def run_command(
     no_probe: bool = typer.Option(False, "--no-probe", help="--dry-run without loading local models."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan or the result as JSON."),
     quiet: bool = typer.Option(False, "-q", help="No per-stage progress lines."),
+    html: WriteReport = True,
 ) -> None:
     """Run recycle -> score -> select -> train -> generate -> judge from one file, resuming."""
     from reflectune.pipeline import load_run_config, run
@@ -95,8 +99,10 @@ def run_command(
             err.print(f"note: {event['message']}")
 
     result = run(config, start=start, until=until, only=only, on_event=on_event)
+    page = print_report(err if not quiet else Console(stderr=True, quiet=True), result.run_dir) if html \
+        else None
     if as_json:
-        typer.echo(json.dumps({"run_dir": str(result.run_dir), "exit_code": result.exit_code,
+        typer.echo(json.dumps({"run_dir": str(result.run_dir), "exit_code": result.exit_code, "report": page,
                                "verdict": result.verdict, "seconds": result.seconds,
                                "stages": [s.__dict__ for s in result.stages]}, indent=2, default=str))
     else:

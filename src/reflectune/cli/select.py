@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from reflectune.cli.display import print_report
+from reflectune.cli.options import WriteReport
 from reflectune.errors import ConfigError
 from reflectune.io import parse_fields
 
@@ -45,6 +47,7 @@ def select_command(
     output_format: str | None = typer.Option(None, help="json | jsonl | parquet | csv | hf_disk."),
     quiet: bool = typer.Option(False, "-q", help="Accepted for symmetry with the other commands; select "
                                "draws no progress."),
+    html: WriteReport = True,
 ) -> None:
     """Keep the pairs that suit the student (Selective Reflection-Tuning), optionally the top-k."""
     from reflectune.selection.run import select
@@ -57,6 +60,8 @@ def select_command(
                      output_format=output_format)
     console.print(outcome_table(summary.manifest))
     console.print(f"output: {summary.output} ({summary.kept:,} rows)\nrun:    {summary.run_dir}")
+    if html:
+        print_report(console, summary.run_dir, medians=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -31,7 +31,8 @@ from typing import Any, Literal
 
 from reflectune.errors import ConfigError
 
-__all__ = ["OUTCOMES", "Choice", "TopK", "choose_variant", "parse_top_k", "select_top_k"]
+__all__ = ["OUTCOMES", "Choice", "TopK", "cherry_choice", "choose_variant", "kept_rows", "parse_top_k",
+           "select_top_k"]
 
 Outcome = Literal["both", "instruction", "response", "none"]
 #: outcome names for reporting: which parts of the sample were reflected.
@@ -212,6 +213,31 @@ def select_top_k(ifds: Sequence[float | None], top_k: TopK | str | int, *,
     eligible = [(i, v) for i, v in numbers if v is not None and (v < 1 or not below_one)]
     eligible.sort(key=lambda iv: -iv[1])  # stable: ties keep input order
     return [i for i, _ in eligible[:spec.size(len(ifds) if pool is None else pool)]]
+
+
+def cherry_choice(entry: Mapping[str, Any] | None, below_one_filter: bool, metric: str) -> Choice:
+    """Cherry mode: one candidate; keep it if its IFD is a number (below 1 under the filter)."""
+    ifd_key, rifd_key = METRICS[metric]
+    if entry is None or entry.get("status", "ok") != "ok":
+        return Choice(None, None, False, "ori_unavailable")
+    ifd, rifd = _num(entry.get(ifd_key)), _num(entry.get(rifd_key))
+    if ifd is None:
+        return Choice("ori", "none", False, "nan_ifd", ifd, rifd)
+    if below_one_filter and ifd >= 1:
+        return Choice("ori", "none", False, "ifd_not_below_1", ifd, rifd)
+    return Choice("ori", "none", True, None, ifd, rifd)
+
+
+def kept_rows(choices: Sequence[Choice], top_k: TopK | None, *, cherry: bool = False,
+              below_one: bool = True) -> list[int]:
+    """Indices of the samples the selected data holds, in input order: those the rule kept, cut to
+    the top-k by IFD. A percentage counts the rule's survivors (Cherry mode: every scored row)."""
+    keep = [i for i, c in enumerate(choices) if c.kept]
+    if top_k is None:
+        return keep
+    pool = len(choices) if cherry else len(keep)
+    ranked = select_top_k([choices[i].ifd for i in keep], top_k, pool=pool, below_one=below_one)
+    return sorted(keep[j] for j in ranked)
 
 
 def count_outcomes(choices: Iterable[Choice]) -> dict[str, Any]:

@@ -34,7 +34,16 @@ from reflectune.contracts import SCORES_FILE, VARIANTS_FILE, ScoresLine, Variant
 from reflectune.errors import ConfigError, DataError
 from reflectune.io.jsonl import read_jsonl
 from reflectune.keys import text_key
-from reflectune.selection.rules import METRICS, Choice, TopK, choose_variant, count_outcomes, parse_top_k
+from reflectune.selection.rules import (
+    METRICS,
+    Choice,
+    TopK,
+    cherry_choice,
+    choose_variant,
+    count_outcomes,
+    kept_rows,
+    parse_top_k,
+)
 from reflectune.store.inputs import file_sha256, input_hashes, is_run_folder
 from reflectune.store.rundir import RunFolder, default_run_dir, read_manifest
 from reflectune.types import Sample
@@ -165,21 +174,14 @@ def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None
             if mode == "variants":
                 choices.append(choose_variant(variants, below_one_filter=below_one_filter, metric=metric))
             else:
-                choices.append(_cherry_choice(variants.get("ori"), below_one_filter, metric))
+                choices.append(cherry_choice(variants.get("ori"), below_one_filter, metric))
             landed = variants.get(choices[-1].variant or "") or {}
             keys.append(landed.get("text_key"))
         if variant_ids is not None and variant_ids != ids:
             raise DataError(_mismatch("variants.jsonl", variant_ids, ids), path=str(run.file(SCORES_FILE)))
         summary_counts = count_outcomes(choices)
         # 2. The top-k cut: rank kept rows by IFD.
-        keep = [i for i, c in enumerate(choices) if c.kept]
-        if spec is not None:
-            ranked = [choices[i].ifd for i in keep]
-            pool = len(choices) if mode == "cherry" else len(keep)
-            from reflectune.selection.rules import select_top_k
-
-            keep = sorted(keep[j] for j in select_top_k(ranked, spec, pool=pool,
-                                                        below_one=below_one_filter))
+        keep = kept_rows(choices, spec, cherry=mode == "cherry", below_one=below_one_filter)
         keep_set = set(keep)
         # 3. Write the kept rows in input order, in the input's shape.
         out_fmt = output_format or (None if output is not None else in_fmt)
@@ -211,19 +213,6 @@ def _mismatch(name: str, expected: list[str], got: list[str]) -> str:
              if first < min(len(expected), len(got)) else f"from line {first + 1}")
     return (f"scores.jsonl covers {len(got)} samples, {name} {len(expected)}; they differ {where}: "
             "rerun score")
-
-
-def _cherry_choice(entry: Mapping[str, Any] | None, below_one_filter: bool, metric: str) -> Choice:
-    """Cherry mode: one candidate; keep it if its IFD is a number (below 1 under the filter)."""
-    ifd_key, rifd_key = METRICS[metric]
-    if entry is None or entry.get("status", "ok") != "ok":
-        return Choice(None, None, False, "ori_unavailable")
-    ifd, rifd = entry.get(ifd_key), entry.get(rifd_key)
-    if ifd is None:
-        return Choice("ori", "none", False, "nan_ifd", ifd, rifd)
-    if below_one_filter and ifd >= 1:
-        return Choice("ori", "none", False, "ifd_not_below_1", ifd, rifd)
-    return Choice("ori", "none", True, None, ifd, rifd)
 
 
 def _write(out_path: Path, out_fmt: str | None, mode: str, folder: Path, in_path: Path, in_fmt: str | None,
