@@ -97,7 +97,8 @@ def _glance(data: ReportData) -> str:
              ("oracle fingerprint", recycle.get("oracle_fingerprint")),
              ("student", score.get("student")), ("template", score.get("template")),
              ("judge", ((judge.get("judge") or {}).get("spec"))),
-             ("recycle config hash", recycle.get("config_hash")), ("lengths counted in", data.length_unit)]
+             ("recycle config hash", recycle.get("config_hash")),
+             ("lengths counted in", data.length_unit if data.lengths else None)]
     out = ['<section id="glance"><h2>The run at a glance</h2>', _kv(pairs, "glance")]
     if versions:
         out.append("<details><summary>versions</summary>" + _kv(sorted(versions.items())) + "</details>")
