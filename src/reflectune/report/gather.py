@@ -35,7 +35,8 @@ REFLECTED = ("Q", "A", "QA")
 #: (variant, part) of the papers' table: the instruction comes from ori or Q, the response from any
 TABLE_ROWS = ("ori", "Q", "A", "QA")
 
-Counter_ = Callable[[list[str]], list[int]]
+#: texts -> their lengths (a tokenizer's, or words)
+Lengths = Callable[[list[str]], list[int]]
 
 
 @dataclass
@@ -101,7 +102,7 @@ def word_counter(texts: list[str]) -> list[int]:
     return [len(t.split()) for t in texts]
 
 
-def gather(root: Path, *, count_tokens: Counter_ | None = None, unit: str = "words") -> ReportData:
+def gather(root: Path, *, count_tokens: Lengths | None = None, unit: str = "words") -> ReportData:
     """Read ``root`` into ``ReportData``; lengths are counted by ``count_tokens`` (words by default)."""
     folders, pipeline = folders_of(root)
     data = ReportData(title=root.name, folders=folders, pipeline=pipeline,
@@ -124,7 +125,7 @@ def _texts(entry: dict[str, Any]) -> tuple[str, str]:
     return instruction, entry.get("output") or ""
 
 
-def _samples(data: ReportData, folder: Folder, counter: Counter_) -> None:
+def _samples(data: ReportData, folder: Folder, counter: Lengths) -> None:
     """variants.jsonl (+ scores.jsonl and the selection rule when the folder was scored)."""
     scores: dict[str, dict[str, Any]] = {}
     if (folder.path / SCORES_FILE).is_file() and folder.section("score").get("status") == "done":
@@ -206,7 +207,7 @@ def _selection_summary(choices: list[Any], selected: int, cfg: dict[str, Any],
             "ran": bool(cfg), "folder": folder.name}
 
 
-def _cherry(data: ReportData, folder: Folder, counter: Counter_) -> None:
+def _cherry(data: ReportData, folder: Folder, counter: Lengths) -> None:
     """A Cherry (IFD-only) score folder: one candidate per row, no texts kept beside the scores."""
     cfg = folder.section("select")
     metric = cfg.get("metric", "ppl_ratio")

@@ -22,7 +22,7 @@ from importlib import resources
 from typing import Any
 
 from reflectune.report.charts import histogram, wtl_bars
-from reflectune.report.gather import REFLECTED, TABLE_ROWS, ReportData
+from reflectune.report.gather import REFLECTED, TABLE_ROWS, ReportData, median
 
 VARIANT_LABELS = {"ori": "original", "Q": "Q (instruction reflected)", "A": "A (response reflected)",
                   "QA": "QA (both reflected)"}
@@ -68,10 +68,6 @@ def _kv(pairs: Iterable[tuple[str, Any]], test_id: str = "") -> str:
 
 def _mean(values: Sequence[float]) -> float | None:
     return statistics.fmean(values) if values else None
-
-
-def _median(values: Sequence[float]) -> float | None:
-    return statistics.median(values) if values else None
 
 
 def _glance(data: ReportData) -> str:
@@ -161,15 +157,15 @@ def _papers_table(data: ReportData) -> str:
         ins, res = lengths.get("instruction") or [], lengths.get("response") or []
         if not ins and not res:
             continue
-        rows.append((VARIANT_LABELS[name], len(res), _mean(ins), _median(ins), _mean(res), _median(res),
+        rows.append((VARIANT_LABELS[name], len(res), _mean(ins), median(ins), _mean(res), median(res),
                      _mean(data.ifd.get(name) or []), _mean(data.rifd.get(name) or [])))
     selected = [s for s in data.samples if (s.get("choice") or {}).get("selected")]
     if selected:
         landed = [s["variants"][s["choice"]["variant"]] for s in selected]
         ins = [v["len"]["instruction"] for v in landed if v.get("len")]
         res = [v["len"]["response"] for v in landed if v.get("len")]
-        rows.append(("selected (what the student keeps)", len(landed), _mean(ins), _median(ins), _mean(res),
-                     _median(res), _mean([v["ifd"] for v in landed if v.get("ifd") is not None]),
+        rows.append(("selected (what the student keeps)", len(landed), _mean(ins), median(ins), _mean(res),
+                     median(res), _mean([v["ifd"] for v in landed if v.get("ifd") is not None]),
                      _mean([v["rifd"] for v in landed if v.get("rifd") is not None])))
     head = ("data", "samples", f"instruction ({unit}, mean)", "median", f"response ({unit}, mean)", "median",
             "IFD (mean)", "r-IFD (mean)")
