@@ -10,6 +10,7 @@ The resolved config and its hash go into ``run.json``. Secrets are not configura
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
@@ -112,6 +113,68 @@ class _Frozen(BaseModel):
         return canonical_json(self.model_dump(mode="json"))
 
 
+#: Body fields reflectune writes itself, which ``extra_body`` may not replace: why, and what to use.
+_OWN_BODY_FIELDS: dict[str, str] = {
+    "model": "the model is --oracle openai:MODEL", "messages": "the messages are the prompt templates' "
+    "(--prompts)", "stream": "reflectune reads one JSON body per request", "n": "one answer per request "
+    "is read (more would be paid for and dropped)", "max_tokens": "use --max-tokens",
+    "max_completion_tokens": "use --max-tokens (--request-rules reasoning sends it as this field)",
+    "temperature": "use --temperature", "top_p": "use --top-p", "seed": "use --seed",
+    "stop": "the stop strings are reflectune's own",
+}
+#: Headers the HTTP client writes itself.
+_OWN_HEADERS = frozenset({"content-type", "content-length", "host", "transfer-encoding", "connection"})
+_HEADER_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_CREDENTIAL_HINTS = ("auth", "key", "token", "secret", "password", "cookie", "signature")
+#: The prefix of a header value read from an environment variable.
+ENV_PREFIX = "env:"
+
+
+def extra_body_json(text: str) -> dict[str, Any]:
+    """``--extra-body JSON``: a JSON object, or a one-line ``ConfigError`` naming the option."""
+    try:
+        body = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        what = f"{exc.msg} at character {exc.pos}" if isinstance(exc, json.JSONDecodeError) else "too deep"
+        raise ConfigError(f"--extra-body: not valid JSON ({what}); give an object, e.g. "
+                          "'{\"chat_template_kwargs\": {\"enable_thinking\": false}}'") from None
+    if not isinstance(body, dict):
+        raise ConfigError(f"--extra-body: a JSON object is needed, not {type(body).__name__} "
+                          "(e.g. '{\"top_k\": 20}')")
+    return body
+
+
+def check_extra_body(body: Mapping[str, Any]) -> None:
+    """Extra body fields may add to a request, never replace what reflectune writes itself."""
+    for key in body:
+        if key in _OWN_BODY_FIELDS:
+            raise ConfigError(f"--extra-body may not set '{key}': {_OWN_BODY_FIELDS[key]}")
+
+
+def credential_header(name: str) -> bool:
+    """Whether a header's name says it carries a credential (``api-key``, ``Authorization``, ...)."""
+    low = name.lower()
+    return any(hint in low for hint in _CREDENTIAL_HINTS)
+
+
+def check_header(name: str, value: str) -> None:
+    """A header reflectune may send: a valid name it does not write itself, a value on one line, and
+    a credential's value named by an environment variable, not written out (a command line is
+    visible to every user of the machine, a pipeline file is shared)."""
+    if not name or not set(name) <= _HEADER_CHARS:  # an RFC 9110 token
+        raise ConfigError(f"--header {name!r}: not a valid header name")
+    if name.lower() in _OWN_HEADERS:
+        raise ConfigError(f"--header {name}: reflectune's HTTP client sets this header itself")
+    if "\r" in value or "\n" in value:
+        raise ConfigError(f"--header {name}: a header value must be on one line")
+    if value.startswith(ENV_PREFIX):
+        if not value[len(ENV_PREFIX):].strip():
+            raise ConfigError(f"--header {name}=env:NAME: name the environment variable")
+    elif credential_header(name):
+        raise ConfigError(f"--header {name}: this header carries a credential; put it in an environment "
+                          f"variable and name it: --header {name}=env:MY_VAR")
+
+
 class OracleConfig(_Frozen):
     """Which model answers, and how it is reached."""
 
@@ -131,6 +194,36 @@ class OracleConfig(_Frozen):
     #: local backends: the prompt format: None = the model's recorded template (reflectune-model.json)
     #: or its chat template; vicuna|alpaca|wiz|chat to override (left out of the JSON dump while None)
     template: str | None = None
+    #: HTTP oracles: the request body's rules (``oracles/request_rules.py``): auto = by the model's
+    #: family (OpenAI reasoning models: max_completion_tokens, no sampling); chat | reasoning to
+    #: override (left out of the JSON dump while "auto")
+    request_rules: Literal["auto", "chat", "reasoning"] = "auto"
+    #: HTTP oracles: fields merged into every request body (vLLM's ``chat_template_kwargs``, a
+    #: provider's own options); part of the oracle's fingerprint (left out of the JSON dump while None)
+    extra_body: dict[str, Any] | None = None
+    #: HTTP oracles: headers sent with every request; a value ``env:NAME`` is read from that
+    #: environment variable when the oracle is built. Never in the JSON dump, a hash or a repr (values
+    #: may be credentials, and no header changes an answer); a credential header takes ``env:`` only.
+    headers: dict[str, str] | None = Field(None, repr=False)
+
+    @field_validator("extra_body", mode="before")
+    @classmethod
+    def _from_json(cls, value: Any) -> Any:
+        # the command line's text as it came: parsed here, where no merge step can drop its nulls
+        return extra_body_json(value) if isinstance(value, str) else value
+
+    @field_validator("extra_body")
+    @classmethod
+    def _own_fields_stay(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        check_extra_body(value or {})
+        return value or None
+
+    @field_validator("headers")
+    @classmethod
+    def _valid_headers(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for name, text in (value or {}).items():
+            check_header(name, text)
+        return value or None
 
     @field_validator("template")
     @classmethod
@@ -156,6 +249,11 @@ class OracleConfig(_Frozen):
                 data.pop("forcing", None)
             if self.template is None:
                 data.pop("template", None)
+            if self.request_rules == "auto":
+                data.pop("request_rules", None)
+            if self.extra_body is None:
+                data.pop("extra_body", None)
+            data.pop("headers", None)  # values may be credentials; names and all stay out of records
         return data
 
 
@@ -337,6 +435,81 @@ class SelectConfig(_Frozen):
     fields: dict[str, str] | None = None
     fmt: str | None = None
     output_format: str | None = None
+    #: a selection that keeps no row is an error (exit 1) naming why; True writes the empty output
+    #: and warns instead (left out of the JSON dump while False)
+    allow_empty: bool = False
+
+    @field_validator("top_k", mode="before")
+    @classmethod
+    def _top_k_says_why(cls, value: Any) -> Any:
+        # refused where it is given (a flag, a pipeline file's line), not after recycle and score ran
+        if isinstance(value, str | int | float):
+            cls.read_top_k(value)
+        return value
+
+    @model_serializer(mode="wrap")
+    def _stable_json(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        data = handler(self)
+        if info.mode_is_json() and isinstance(data, dict) and not self.allow_empty:
+            data.pop("allow_empty", None)  # settings from before the field hash as they did
+        return data
+
+    @staticmethod
+    def read_top_k(value: str | int | float) -> tuple[int | None, float | None]:
+        """The top-k grammar: ``"5%"`` -> ``(None, 0.05)``, ``"1000"`` or ``1000`` -> ``(1000, None)``.
+
+        A percentage (decimals allowed, above 0 and at most 100) is of the rows ranked and keeps
+        floor(p % x rows); a count is a whole number of rows, at least 1.
+
+        Raises:
+            ConfigError: one line quoting the value and saying what is wrong with it.
+        """
+        raw = str(value).strip()
+
+        def bad(reason: str) -> ConfigError:
+            return ConfigError(f"invalid top-k '{raw}': {reason}; top-k is a percentage such as 5% or a "
+                               "row count such as 1000")
+
+        if isinstance(value, bool) or not raw:
+            raise bad("not a number" if raw else "it is empty")
+        if isinstance(value, float) and value.is_integer():
+            raw = str(int(value))
+        if raw.endswith("%"):
+            body = raw[:-1].strip()
+            try:
+                pct = float(body)
+            except ValueError:
+                raise bad(f"'{body}' is not a number" if body else "no number before the %") from None
+            if pct != pct or pct in (float("inf"), float("-inf")):
+                raise bad("not a finite percentage")
+            if pct > 100:
+                raise bad("over 100%")
+            if pct <= 0:
+                raise bad("a percentage must be above 0%")
+            return None, pct / 100
+        try:
+            count = int(raw)
+        except ValueError:
+            try:
+                number = float(raw)
+            except ValueError:
+                raise bad("not a number") from None
+            if number != number or number in (float("inf"), float("-inf")):
+                raise bad("not a finite number") from None
+            if number.is_integer():
+                count = int(number)
+                if count >= 1:
+                    raise bad(f"write the row count in digits ({count})") from None
+            elif number < 0:
+                raise bad("a row count must be at least 1") from None
+            elif number < 1:
+                raise bad(f"a bare fraction is ambiguous ({number * 100:g}% is that share of the "
+                          "rows)") from None
+            else:
+                raise bad(f"not a whole row count ({raw}% would be a percentage)") from None
+        if count < 1:
+            raise bad("a row count must be at least 1")
+        return count, None
 
 
 # -- generation and judging --------------------------------------------------------------------

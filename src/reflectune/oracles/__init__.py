@@ -90,6 +90,11 @@ def make_oracle(spec: str | OracleConfig, *, session: Any = None, **options: Any
     if config.template is not None and "template" not in accepted:
         raise ConfigError(f"--template applies to local models (embedded, hf:PATH), not {config.spec}; "
                           "the server applies its own chat template")
+    http_only = [flag for flag, given in (("--extra-body", config.extra_body), ("--header", config.headers),
+                                          ("--request-rules", config.request_rules != "auto")) if given]
+    if http_only and "extra_body" not in accepted:
+        raise ConfigError(f"{http_only[0]} applies to HTTP oracles (openai:MODEL), not {config.spec}: "
+                          "nothing else sends a request body")
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         known = sorted({*OracleConfig.model_fields, *accepted} - {"arg", "spec", "session"})

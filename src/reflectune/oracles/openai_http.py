@@ -31,6 +31,12 @@ default ``api_key_env``) is sent only to ``api.openai.com``: a key for any other
 with ``--api-key-env``. ``--base-url`` defaults to ``$OPENAI_BASE_URL``, then to OpenAI. A key, or
 credentials in the URL, never go over plain http to a host that is not loopback unless
 ``allow_insecure_http`` (``--allow-insecure-http``). Messages show URLs through ``redact_url``.
+
+The body follows the model family's rules (:mod:`reflectune.oracles.request_rules`: OpenAI's
+reasoning models get ``max_completion_tokens`` and no sampling fields), then ``extra_body``
+(``--extra-body``), then the forcing's own fields. ``headers`` (``--header``) go with every request;
+a value ``env:NAME`` is read from that variable here, and every header value is redacted as the key
+is. Neither a header nor its value is part of the fingerprint or of any record.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import base64
 import datetime
 import email.utils
 import errno
+import hashlib
 import ipaddress
 import json
 import math
@@ -55,7 +62,7 @@ from typing import Any, get_args
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from reflectune.config import OracleConfig, redact_url
+from reflectune.config import ENV_PREFIX, OracleConfig, check_extra_body, credential_header, redact_url
 from reflectune.errors import (
     ConfigError,
     OracleError,
@@ -65,10 +72,12 @@ from reflectune.errors import (
     OracleUnavailable,
     RateLimited,
 )
+from reflectune.logs import secret as mask_in_logs
 from reflectune.oracles.base import Capabilities
 from reflectune.oracles.grammar import format_constraint, word_constraint
 from reflectune.oracles.prefill import CONTINUE_FIELDS, PROBE, complete_by_prefill, continues
 from reflectune.oracles.pricing import list_price
+from reflectune.oracles.request_rules import CHAT, RULE_NAMES, payload_for, rule_for
 from reflectune.oracles.tokens import approx_tokens, chat_prompt_tokens, exact_tokens_available
 from reflectune.types import ChatRequest, Completion, Message
 
@@ -92,6 +101,8 @@ _CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too ma
                   "context window", "prompt is too long")
 _FILTER_HINTS = ("content_filter", "content filter", "content management policy",
                  "content_policy_violation", "responsibleaipolicyviolation", "safety system")
+#: What a server says when a body holds a field this model refuses (OpenAI's reasoning models).
+_UNSUPPORTED_HINTS = ("unsupported_parameter", "unsupported_value", "max_completion_tokens")
 _URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+")
 #: ``--forcing`` modes (``OracleConfig.forcing``); "off" sends every request as it is.
 FORCING_MODES: tuple[str, ...] = get_args(OracleConfig.model_fields["forcing"].annotation)
@@ -99,6 +110,12 @@ FORCING_MODES: tuple[str, ...] = get_args(OracleConfig.model_fields["forcing"].a
 _GRAMMAR_PROBE = ChatRequest((Message("user", "What colour is the sky? Answer in one word."),),
                              max_tokens=4, temperature=0.0)
 _GRAMMAR_PROBE_WORD = "yes"
+
+
+def _digest(fields: Mapping[str, Any]) -> str:
+    """12 hex digits of sha256 over canonical JSON: extra body fields in a fingerprint."""
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 def body_bound(max_tokens: int | None) -> int:
@@ -335,12 +352,20 @@ class OpenAIOracle:
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = DEFAULT_KEY_ENV,
                  timeout: float = 120.0, context: int | None = None, allow_insecure_http: bool = False,
-                 forcing: str = "off", session: aiohttp.ClientSession | None = None) -> None:
+                 forcing: str = "off", request_rules: str = "auto",
+                 extra_body: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
+                 session: aiohttp.ClientSession | None = None) -> None:
         if not model:
             raise ConfigError("the openai oracle needs a model: --oracle openai:MODEL")
         if forcing not in FORCING_MODES:
             raise ConfigError(f"invalid --forcing '{forcing}': use {' | '.join(FORCING_MODES)}")
+        if request_rules not in RULE_NAMES:
+            raise ConfigError(f"invalid --request-rules '{request_rules}': use {' | '.join(RULE_NAMES)}")
         self.model = model
+        #: how the body is written (oracles/request_rules.py)
+        self.rule = rule_for(model, request_rules)
+        self._extra_body = dict(extra_body or {})
+        check_extra_body(self._extra_body)
         url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
         endpoint = _Endpoint.parse(url.strip())
         self._endpoint = endpoint
@@ -349,6 +374,7 @@ class OpenAIOracle:
         if forcing != "off" and endpoint.host == OPENAI_HOST:
             raise ConfigError(f"--forcing {forcing}: {OPENAI_HOST} neither continues an assistant message "
                               "nor takes a grammar; use --forcing off with it")
+        self._check_forcing(forcing)
         #: how the reflection format is forced: "off", "prefill" or "grammar"
         self.forcing = forcing
         self._forcing_proven = forcing == "off"
@@ -357,11 +383,16 @@ class OpenAIOracle:
         self.timeout = timeout
         self._key_env = api_key_env
         self.__key = self._read_key(endpoint, api_key_env)
-        self._check_credentials(endpoint, api_key_env, allow_insecure_http)
+        self.__headers, from_env = self._read_headers(headers or {})
+        self._check_credentials(endpoint, api_key_env, allow_insecure_http, from_env)
         basic = f"{endpoint.user or ''}:{endpoint.password or ''}".encode()
         self.__basic = base64.b64encode(basic).decode() if endpoint.user or endpoint.password else None
         secrets = [(s, "***") for s in endpoint.secrets()]
-        self.__secrets = ([(self.__key, "[key]")] if self.__key else []) + secrets
+        shown = [(value, "***") for value in self.__headers.values() if len(value) >= 4]
+        self.__secrets = ([(self.__key, "[key]")] if self.__key else []) + sorted(
+            secrets + shown, key=lambda pair: len(pair[0]), reverse=True)
+        for value, _ in self.__secrets:  # a second line of defence: masked in every log record too
+            mask_in_logs(value)
         self.__url = endpoint.chat_url()
         self._session = session
         self._owns_session = session is None
@@ -384,14 +415,55 @@ class OpenAIOracle:
                               "--api-key-env is not set")
         return key
 
-    def _check_credentials(self, endpoint: _Endpoint, api_key_env: str, allow_insecure_http: bool) -> None:
+    def _check_forcing(self, forcing: str) -> None:
+        """Forcing needs stop strings and a temperature, which the reasoning rules never send, and its
+        own body fields, which ``--extra-body`` may not set."""
+        if forcing == "off":
+            return
+        if self.rule is not CHAT:
+            raise ConfigError(f"--forcing {forcing}: the {self.rule.name} request rules (model "
+                              f"'{self.model}') send no stop strings or temperature, which forcing needs; "
+                              "use --forcing off, or --request-rules chat if this server takes them")
+        fields = ("grammar", "structured_outputs") if forcing == "grammar" else tuple(CONTINUE_FIELDS)
+        taken = [key for key in self._extra_body if key in fields]
+        if taken:
+            raise ConfigError(f"--extra-body may not set '{taken[0]}' with --forcing {forcing}: the forcing "
+                              "writes it")
+
+    @staticmethod
+    def _read_headers(headers: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+        """The headers to send, ``env:NAME`` values read from the environment, and the names of those
+        read so (credentials: they get the same plain-http rule as the key)."""
+        out: dict[str, str] = {}
+        from_env: list[str] = []
+        for name, value in headers.items():
+            if value.startswith(ENV_PREFIX):
+                var = value[len(ENV_PREFIX):].strip()
+                value = (os.environ.get(var) or "").strip()
+                if not value:
+                    raise ConfigError(f"--header {name}=env:{var}: the environment variable {var} is not set")
+                if "\r" in value or "\n" in value:
+                    raise ConfigError(f"--header {name}=env:{var}: the value must be on one line")
+                from_env.append(name)
+            elif credential_header(name):  # OracleConfig refuses these; a direct caller too
+                raise ConfigError(f"--header {name}: this header carries a credential; put it in an "
+                                  f"environment variable and name it: --header {name}=env:MY_VAR")
+            out[name] = value
+        return out, from_env
+
+    def _check_credentials(self, endpoint: _Endpoint, api_key_env: str, allow_insecure_http: bool,
+                           from_env: Sequence[str] = ()) -> None:
         in_url = bool(endpoint.user or endpoint.password)
         if in_url and self.__key:
             raise ConfigError(f"--base-url {self.base_url} carries credentials and a key is set in "
                               f"{api_key_env}: keep one")
-        if (in_url or self.__key) and endpoint.scheme == "http" and not endpoint.loopback \
+        if any(name.lower() == "authorization" for name in self.__headers) and (in_url or self.__key):
+            what = f"a key is set in {api_key_env}" if self.__key else "--base-url carries credentials"
+            raise ConfigError(f"--header Authorization and {what}: keep one")
+        if (in_url or self.__key or from_env) and endpoint.scheme == "http" and not endpoint.loopback \
                 and not allow_insecure_http:
-            what = f"the API key in {api_key_env}" if self.__key else "the credentials in --base-url"
+            what = (f"the API key in {api_key_env}" if self.__key else "the credentials in --base-url"
+                    if in_url else f"the header {from_env[0]}")
             raise ConfigError(f"refusing to send {what} over plain http to {endpoint.host}: anyone on "
                               "the way can read it; use https://, or pass --allow-insecure-http if "
                               "this network is trusted")
@@ -399,9 +471,12 @@ class OpenAIOracle:
     @classmethod
     def from_spec(cls, arg: str, *, base_url: str | None = None, api_key_env: str = DEFAULT_KEY_ENV,
                   timeout: float = 120.0, context: int | None = None, allow_insecure_http: bool = False,
-                  forcing: str = "off", session: aiohttp.ClientSession | None = None) -> OpenAIOracle:
+                  forcing: str = "off", request_rules: str = "auto",
+                  extra_body: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
+                  session: aiohttp.ClientSession | None = None) -> OpenAIOracle:
         return cls(arg, base_url=base_url, api_key_env=api_key_env, timeout=timeout, context=context,
-                   allow_insecure_http=allow_insecure_http, forcing=forcing, session=session)
+                   allow_insecure_http=allow_insecure_http, forcing=forcing, request_rules=request_rules,
+                   extra_body=extra_body, headers=headers, session=session)
 
     def __repr__(self) -> str:
         forcing = "" if self.forcing == "off" else f", forcing={self.forcing!r}"
@@ -410,15 +485,20 @@ class OpenAIOracle:
     def fingerprint(self) -> str:
         # The endpoint's identity: two servers answering under one model name are two oracles. Never
         # userinfo or the query (where keys travel); default ports and a trailing slash left out.
-        # A forcing mode is part of it (a forced answer is another answer), "off" as it always was.
+        # A forcing mode is part of it (a forced answer is another answer), "off" as it always was; so
+        # are request rules other than chat (calls made before a reasoning model had its rules were
+        # 400s, which must not answer from the store now) and the extra body fields (a hash: they may
+        # be long). Chat rules and no extra body: the fingerprint as it always was. Headers: never.
         forcing = "" if self.forcing == "off" else f"+forcing={self.forcing}"
-        return f"openai:{self.model}@{self._endpoint.normalised}{forcing}"
+        rules = "" if self.rule is CHAT else f"+rules={self.rule.name}"
+        body = f"+extra_body={_digest(self._extra_body)}" if self._extra_body else ""
+        return f"openai:{self.model}@{self._endpoint.normalised}{forcing}{rules}{body}"
 
     def count_tokens(self, text: str) -> int:
         return approx_tokens(text, self.model)
 
     def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json"} | self.__headers
         if self.__key:
             headers["Authorization"] = f"Bearer {self.__key}"
         elif self.__basic:  # credentials in the URL (never both: see _check_credentials)
@@ -444,19 +524,8 @@ class OpenAIOracle:
         return self._session
 
     def _payload(self, request: ChatRequest) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "model": self.model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-        }
-        if request.max_tokens is not None:
-            payload["max_tokens"] = request.max_tokens
-        if request.seed is not None:
-            payload["seed"] = request.seed
-        if request.stop:
-            payload["stop"] = list(request.stop)
-        return payload
+        """The body by the model's rules, with the extra body fields (``--extra-body``) merged in."""
+        return payload_for(self.model, request, self.rule) | self._extra_body
 
     async def complete(self, requests: Sequence[ChatRequest]) -> list[Completion]:
         return [await self._one(request) for request in requests]
@@ -618,6 +687,10 @@ class OpenAIOracle:
             return OracleTimeout(said)
         if status in (401, 403, 404):
             return OracleFatal(f"{said}{self._hint(status)}", kind=f"http_{status}")
+        if status == 400 and any(hint in f"{message} {tags}".lower() for hint in _UNSUPPORTED_HINTS):
+            other = "chat" if self.rule.name == "reasoning" else "reasoning"
+            said += (f" (this model refuses a field of the {self.rule.name} request rules; if it is a "
+                     f"{other} model under a name of its own, pass --request-rules {other})")
         if status is not None and status >= 500:
             return OracleUnavailable(said, kind=f"http_{status}")
         low = f"{message} {tags}".lower()

@@ -1,12 +1,23 @@
 """USD prices per 1M tokens for common hosted models, and the cost of a call.
 
-Prices change; the table is a convenience and ``--price-in``/``--price-out`` override it. Local
-models cost nothing. An unknown hosted model costs ``None`` (reported as unknown, never as 0).
+Prices change; the table is a convenience and ``--price-in``/``--price-out`` override it. It says
+when and where its prices were read (``PRICES_AS_OF``, ``PRICES_SOURCE``), and every place that
+shows a price from it or says there is none says so too. Local models cost nothing. An unknown
+hosted model costs ``None`` (reported as unknown, never as 0), and a run says so before its first
+call (``unknown_price_warning``), not only in its summary.
 """
 
 from __future__ import annotations
 
-# (input, output) USD per 1M tokens, as published by the providers (2025-2026 list prices).
+#: When the prices below were last checked against the source (a month: list prices change rarely,
+#: and a reader needs to know how old they are, not the hour).
+PRICES_AS_OF = "2026-03"
+#: Where they come from: OpenAI's published list prices (standard tier, no batch or cache discount).
+PRICES_SOURCE = "https://openai.com/api/pricing"
+
+# (input, output) USD per 1M tokens, OpenAI's list prices as of PRICES_AS_OF. Only families whose
+# variants share the price: a prefix entry ("o3") would price "o3-pro" at o3's rate, a wrong price
+# being worse than an unknown one.
 PRICES: dict[str, tuple[float, float]] = {
     "gpt-4o": (2.50, 10.00),
     "gpt-4o-mini": (0.15, 0.60),
@@ -44,3 +55,18 @@ def cost_usd(prices: tuple[float, float] | None, prompt_tokens: int, completion_
     if prices is None:
         return 0.0
     return (prompt_tokens * prices[0] + completion_tokens * prices[1]) / 1_000_000
+
+
+def price_label() -> str:
+    """``OpenAI list prices of 2026-03 (https://openai.com/api/pricing)``: how a price from the table
+    is labelled where it is shown."""
+    return f"OpenAI list prices of {PRICES_AS_OF} ({PRICES_SOURCE})"
+
+
+def unknown_price_warning(model: str, *, max_cost: bool = False) -> str:
+    """The one line a run prints before its first call when the table has no price for ``model``
+    (``max_cost``: a cap was set, which an unknown price never reaches)."""
+    cap = " and --max-cost cannot stop the run" if max_cost else ""
+    return (f"warning: no list price for the model '{model}' in reflectune's table ({price_label()}): its "
+            f"cost will show as unknown{cap}; pass --price-in/--price-out (USD per 1M tokens; 0 for a "
+            "server of your own)")

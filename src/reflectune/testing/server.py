@@ -16,6 +16,9 @@ and a test can check that every row is accounted for. ``GET /stats`` counts what
 ``by_key`` proves that no usable answer was fetched twice. ``authorization`` says whether each chat
 request carried an ``Authorization`` header (counts, and a sha256 prefix of its credentials: never
 the value), and ``headers`` counts the header names received, so a test can check no key was sent.
+``GET /requests`` keeps the last ``KEPT_REQUESTS`` chat request bodies (every field but the messages,
+of which only the roles) with the header names and a sha256 prefix of each value but Authorization's,
+so a test can check what a client put in its bodies and headers without the server keeping a secret.
 
 It runs in its own process (:func:`running_server`) so that its CPU is not billed to the client being
 measured. Handlers are kept light (stdlib json, an LRU of answers, no access log) to sustain thousands
@@ -83,6 +86,8 @@ _HUGE_CHUNK = 64 << 10
 _HANG_S = 3600.0
 _TRICKLE_S = 0.5
 _CACHE_SIZE = 8192
+#: Chat request bodies ``GET /requests`` keeps (the most recent).
+KEPT_REQUESTS = 64
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,7 @@ class _State:
         self.window: deque[float] = deque()
         self.authorization: dict[str, Any] = {"present": 0, "absent": 0, "sha256": {}}
         self.headers: dict[str, int] = {}
+        self.recent: deque[dict[str, Any]] = deque(maxlen=KEPT_REQUESTS)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -187,6 +193,15 @@ class _State:
         credentials = value.partition(" ")[2] or value  # "Bearer KEY" -> sha256(KEY)
         digest = hashlib.sha256(credentials.encode()).hexdigest()[:12]
         self.authorization["sha256"][digest] = self.authorization["sha256"].get(digest, 0) + 1
+
+    def record_request(self, request: web.BaseRequest, body: dict[str, Any]) -> None:
+        """Keep what a test needs of one chat request: its fields (not the messages' text) and headers
+        as names and value hashes; Authorization's value not even hashed here (``authorization`` is)."""
+        hashed = {name.lower(): hashlib.sha256(value.encode()).hexdigest()[:12]
+                  for name, value in request.headers.items() if name.lower() != "authorization"}
+        roles = [m.get("role") for m in body.get("messages") or []]
+        self.recent.append({"body": {k: v for k, v in body.items() if k != "messages"}, "roles": roles,
+                            "headers": sorted({h.lower() for h in request.headers}), "header_sha256": hashed})
 
     def count_fault(self, mode: str) -> None:
         self.fault_counts[mode] = self.fault_counts.get(mode, 0) + 1
@@ -222,7 +237,9 @@ class _State:
         o = self.options
         asked = body.get("model")
         model: str = asked if isinstance(asked, str) else o.model
-        ck = (key, model, repr(body.get("stop")), repr(body.get("max_tokens")), fault)
+        # a reasoning model's budget comes as max_completion_tokens; the server honours either
+        limit = body.get("max_tokens", body.get("max_completion_tokens"))
+        ck = (key, model, repr(body.get("stop")), repr(limit), fault)
         hit = self.cache.get(ck)
         if hit is not None:
             self.cache.move_to_end(ck)
@@ -234,7 +251,7 @@ class _State:
             judge_alt_ratio=o.judge_alt_ratio,
             key=key,
         )
-        content, finish = apply_limits(content, body)
+        content, finish = apply_limits(content, {**body, "max_tokens": limit})
         if fault == "empty":
             content = ""
         elif fault == "length":  # cut inside the last section, so the final [End] is missing
@@ -315,6 +332,7 @@ async def _chat_inner(request: web.BaseRequest, st: _State) -> web.StreamRespons
             raise TypeError("messages must be a list of objects")
     except (ValueError, KeyError, TypeError) as exc:
         return _error(400, f"Invalid request: {exc}", "invalid_request_error")
+    st.record_request(request, body)
     key = messages_key(messages)
     attempt = st.attempts.get(key, 0)
     st.attempts[key] = attempt + 1
@@ -499,6 +517,10 @@ async def _stats(request: web.BaseRequest, st: _State) -> web.Response:
     return web.json_response(st.stats())
 
 
+async def _requests(request: web.BaseRequest, st: _State) -> web.Response:
+    return web.json_response({"requests": list(st.recent)})
+
+
 async def _reset(request: web.BaseRequest, st: _State) -> web.Response:
     raw = await request.read()
     try:
@@ -516,6 +538,7 @@ _ROUTES = {
     ("POST", "/v1/chat/completions"): _chat,
     ("GET", "/v1/models"): _models,
     ("GET", "/stats"): _stats,
+    ("GET", "/requests"): _requests,
     ("POST", "/reset"): _reset,
 }
 
@@ -618,6 +641,11 @@ class ServerHandle:
     def stats(self) -> dict[str, Any]:
         """``GET /stats``."""
         return self._call("GET", "/stats")
+
+    def requests(self) -> list[dict[str, Any]]:
+        """``GET /requests``: the last chat requests, oldest first (see the module's docstring)."""
+        found: list[dict[str, Any]] = self._call("GET", "/requests")["requests"]
+        return found
 
     def reset(self, **options: Any) -> dict[str, Any]:
         """Zero the counters and change any :class:`ServerOptions` field; returns the fresh stats."""
