@@ -7,21 +7,25 @@ that a later run can delete what a killed writer left (``remove_stale``). OS err
 ``StoreError`` naming the target; a full disk (``ENOSPC``, ``EDQUOT``, ``EFBIG``) says "disk full".
 
 ``OutputLock`` is the lock a long-running writer (``DatasetWriter``) holds on its target, so two runs
-never write the same output; ``same_file`` tells whether an output would overwrite an input.
+never write the same output; ``same_file`` tells whether an output would overwrite an input. Locks
+use ``filelock``'s native primitive over descriptors this module owns (``flock`` on Unix,
+``LockFileEx`` on Windows): no ``fcntl`` import, so the package imports where there is none.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import glob
 import itertools
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from filelock import lock_descriptor
 
 from reflectune.errors import StoreError
 
@@ -32,6 +36,9 @@ __all__ = ["AtomicFile", "OutputLock", "atomic_open", "is_disk_full", "remove_st
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 _counter = itertools.count()
+#: flags that exist on one platform only (os.pread/pwrite and O_CLOEXEC are POSIX)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_BINARY = getattr(os, "O_BINARY", 0)
 
 
 def temp_path(path: str | os.PathLike[str]) -> Path:
@@ -51,7 +58,8 @@ def remove_stale(path: str | os.PathLike[str]) -> None:
     prefix = f".{target.name}.tmp"
     for tmp in target.parent.glob(f"{glob.escape(prefix)}*"):
         pid = _pid_of(tmp.name, prefix)
-        if pid is None or pid == os.getpid():
+        # Windows: os.kill(pid, 0) would terminate that process, not probe it; leave the file there
+        if pid is None or pid == os.getpid() or sys.platform == "win32":
             continue
         try:
             os.kill(pid, 0)
@@ -102,12 +110,13 @@ def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
 
 
 class OutputLock:
-    """An exclusive, non-blocking ``flock`` on ``.NAME.lock`` beside ``path``, held while it is written.
+    """An exclusive, non-blocking lock on ``.NAME.lock`` beside ``path``, held while it is written.
 
     A second writer of the same path, in another process or this one, gets a ``StoreError`` naming
     the holder's pid. The OS drops the lock when the holder dies (kill -9 included), so a stale lock
     file never blocks; ``release`` removes the file. On a filesystem without ``flock`` the writer goes
-    on unguarded rather than fail.
+    on unguarded rather than fail. (Windows cannot remove a file another process holds open: there the
+    file may stay, and a stale one is harmless.)
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -118,19 +127,19 @@ class OutputLock:
     def acquire(self) -> OutputLock:
         """Take the lock; ``OSError`` if the lock file cannot be created (the caller names it)."""
         while self._fd is None:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC | _O_BINARY, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _holder(fd)
-                os.close(fd)
-                raise StoreError(f"{self.target} is being written by another run ({holder}); "
-                                 "wait for it or choose another -o") from None
+                locked = lock_descriptor(fd, blocking=False)
             except OSError:  # no locks here (some network filesystems)
                 os.close(fd)
                 with contextlib.suppress(OSError):
                     self.path.unlink()
                 return self
+            if not locked:
+                holder = _holder(fd)
+                os.close(fd)
+                raise StoreError(f"{self.target} is being written by another run ({holder}); "
+                                 "wait for it or choose another -o")
             # A holder removes the file before it unlocks: a lock on a file no longer at the path
             # guards nothing, so take the one that is there now.
             try:
@@ -143,7 +152,8 @@ class OutputLock:
                 os.close(fd)
         with contextlib.suppress(OSError):  # the pid is for the refusal message only
             os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, f"pid {os.getpid()}\n".encode(), 0)
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            os.write(self._fd, f"pid {os.getpid()}\n".encode())
         return self
 
     def release(self) -> None:
@@ -162,8 +172,9 @@ class OutputLock:
 
 
 def _holder(fd: int) -> str:
-    with contextlib.suppress(OSError, UnicodeDecodeError):
-        text = os.pread(fd, 64, 0).decode("ascii").strip()
+    with contextlib.suppress(OSError, UnicodeDecodeError):  # Windows: the holder's locked byte is unreadable
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 64).decode("ascii").strip()
         if text.startswith("pid ") and text[4:].isdigit():
             return text
     return "pid unknown"

@@ -353,14 +353,18 @@ def _score(pipe: _Pipeline, same: bool, emit: Event) -> StageResult:
 
 
 def _select(pipe: _Pipeline, same: bool, emit: Event) -> StageResult:
-    from reflectune.selection import select
+    from reflectune.selection import EmptySelection, select
 
     src, folder = pipe.select_source()
-    summary = select(src, None, pipe.c.select.stage(), run_dir=folder)
-    return StageResult("select", "ran" if summary.kept else "failed", rows=summary.kept,
-                       outputs={"selected": str(summary.output)},
-                       message="" if summary.kept else
-                       f"kept no row of {summary.samples}: nothing to train on")
+    try:
+        summary = select(src, None, pipe.c.select.stage(), run_dir=folder)
+    except EmptySelection as exc:  # a failed stage with its reason, not a stop to resume from
+        return StageResult("select", "failed", rows=0, message=f"kept no row: {exc.reason}")
+    # select raises EmptySelection unless allow_empty asked for the empty file: the stage that reads
+    # it then says what it lacks
+    return StageResult("select", "ran", rows=summary.kept, outputs={"selected": str(summary.output)},
+                       message=f"kept no row: {summary.empty_reason} (allow_empty)" if summary.empty_reason
+                       else "")
 
 
 def _train(pipe: _Pipeline, same: bool, emit: Event) -> StageResult:

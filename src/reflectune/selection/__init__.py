@@ -4,8 +4,15 @@
 """
 
 from reflectune.config import SelectConfig
-from reflectune.selection.rules import Choice, TopK, choose_variant, parse_top_k, select_top_k
+from reflectune.selection.rules import (
+    Choice,
+    EmptySelection,
+    TopK,
+    choose_variant,
+    parse_top_k,
+    select_top_k,
+)
 from reflectune.selection.run import SelectSummary, select
 
-__all__ = ["Choice", "SelectConfig", "SelectSummary", "TopK", "choose_variant", "parse_top_k", "select",
-           "select_top_k"]
+__all__ = ["Choice", "EmptySelection", "SelectConfig", "SelectSummary", "TopK", "choose_variant",
+           "parse_top_k", "select", "select_top_k"]

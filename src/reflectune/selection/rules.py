@@ -29,10 +29,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from reflectune.errors import ConfigError
+from reflectune.config import SelectConfig
+from reflectune.errors import ConfigError, ReflectuneError
 
-__all__ = ["OUTCOMES", "Choice", "TopK", "cherry_choice", "choose_variant", "kept_rows", "parse_top_k",
-           "select_top_k"]
+__all__ = ["OUTCOMES", "Choice", "EmptySelection", "TopK", "cherry_choice", "choose_variant", "kept_rows",
+           "parse_top_k", "select_top_k", "why_empty"]
 
 Outcome = Literal["both", "instruction", "response", "none"]
 #: outcome names for reporting: which parts of the sample were reflected.
@@ -145,13 +146,16 @@ def choose_variant(scores: Mapping[str, Mapping[str, Any] | None], *, below_one_
 
 @dataclass(frozen=True, slots=True)
 class TopK:
-    """Keep the top ``count`` rows, or the top ``fraction`` of the pool (floored)."""
+    """Keep the top ``count`` rows, or the top ``fraction`` of the pool, rounded down."""
 
     count: int | None = None
     fraction: float | None = None
 
     def size(self, pool: int) -> int:
-        """How many rows to keep out of ``pool``: 2 % of 46,325 -> 926 (the paper's figure)."""
+        """How many rows to keep out of ``pool``: 2 % of 46,325 -> 926 (the paper's figure).
+
+        A percentage rounds down (5.5 % of 5 rows is 0 rows); a count is capped by the pool.
+        """
         if self.count is not None:
             return min(self.count, pool)
         assert self.fraction is not None
@@ -161,32 +165,74 @@ class TopK:
         return str(self.count) if self.count is not None else f"{self.fraction * 100:g}%"  # type: ignore[operator]
 
 
-def parse_top_k(text: str | int | TopK) -> TopK:
-    """``"5%"`` -> 5 % of the pool; ``"1000"`` -> 1000 rows.
+def parse_top_k(text: str | int | float | TopK) -> TopK:
+    """``"5%"`` -> 5 % of the pool (rounded down); ``"1000"`` -> 1000 rows.
 
     Raises:
-        ConfigError: anything else (a bare fraction such as ``0.05`` is ambiguous and refused).
+        ConfigError: anything else, saying why (over 100 %, not a whole count, a bare fraction such
+            as ``0.05``, which is ambiguous, ...); the grammar is ``SelectConfig.read_top_k``.
     """
     if isinstance(text, TopK):
         return text
-    if isinstance(text, int) and not isinstance(text, bool):
-        if text < 1:
-            raise ConfigError(f"top-k must be at least 1, got {text}")
-        return TopK(count=text)
-    raw = str(text).strip()
-    try:
-        if raw.endswith("%"):
-            pct = float(raw[:-1])
-            if not 0 < pct <= 100:
-                raise ValueError
-            return TopK(fraction=pct / 100)
-        count = int(raw)
-        if count < 1:
-            raise ValueError
-        return TopK(count=count)
-    except ValueError:
-        raise ConfigError(f"invalid top-k '{raw}': give a percentage such as 5% or a row count "
-                          "such as 1000") from None
+    count, fraction = SelectConfig.read_top_k(text)
+    return TopK(count=count, fraction=fraction)
+
+
+class EmptySelection(ReflectuneError):
+    """A selection that kept no row (exit 1, as every command that produced nothing).
+
+    ``reason`` says which step removed the last rows, from the counts; the message adds the remedy.
+    """
+
+    exit_code = 1
+
+    def __init__(self, reason: str, remedy: str, *, where: str | None = None) -> None:
+        self.reason, self.remedy = reason, remedy
+        super().__init__(f"{where + ': ' if where else ''}kept no row: {reason}; {remedy}")
+
+
+#: drop reasons the reference code's IFD < 1 / r-IFD < 1 filter gives (off: --no-below-one-filter)
+_FILTER_REASONS = ("ifd_not_below_1", "rifd_not_below_1")
+
+
+def why_empty(counts: Mapping[str, Any], top_k: TopK | None, *, cherry: bool = False,
+              below_one: bool = True) -> tuple[str, str]:
+    """Why a selection kept no row, and what would keep some: ``(reason, remedy)``.
+
+    Args:
+        counts: ``count_outcomes`` of the choices (``samples``, ``kept`` = passed the rule, ``dropped``).
+        top_k: the cut asked for; a percentage refers to the rows that passed the rule (Cherry mode:
+            every scored row), as in ``kept_rows``.
+
+    Example:
+        >>> why_empty({"samples": 5, "kept": 5, "dropped": {}}, parse_top_k("5.5%"))[0]
+        'top-k 5.5% of the 5 rows that passed the rule rounds down to 0 rows'
+    """
+    samples, passed = int(counts["samples"]), int(counts["kept"])
+    dropped: Mapping[str, int] = counts.get("dropped") or {}
+    allow = "--allow-empty writes the empty selection"
+    unit = "rows" if cherry else "samples"
+    if samples == 0:
+        return "there is no scored sample to select from", f"score a non-empty input, or {allow}"
+    if passed == 0:
+        filtered = sum(dropped.get(r, 0) for r in _FILTER_REASONS)
+        what = "IFD < 1" if cherry else "IFD < 1 and r-IFD < 1"
+        if below_one and filtered == samples:
+            return (f"the {what} filter removed all {samples:,} {unit}",
+                    f"--no-below-one-filter keeps them, or {allow}")
+        detail = ", ".join(f"{name} {n:,}" for name, n in dropped.items())
+        reason = f"the selection rule dropped all {samples:,} {unit} ({detail})"
+        if below_one and filtered:
+            return reason, (f"--no-below-one-filter keeps the {filtered:,} the {what} filter removed, "
+                            f"or {allow}")
+        return reason, allow
+    pool = samples if cherry else passed
+    if top_k is not None and top_k.size(pool) == 0:
+        of = f"the {pool:,} scored rows" if cherry else f"the {pool:,} rows that passed the rule"
+        least = f"{math.ceil(10_000 / pool) / 100:g}%"
+        return (f"top-k {top_k} of {of} rounds down to 0 rows",
+                f"give at least {least} or a row count such as 1, or {allow}")
+    return f"no row of {samples:,} was left after the rule and the top-k", allow  # pragma: no cover
 
 
 def select_top_k(ifds: Sequence[float | None], top_k: TopK | str | int, *,

@@ -37,12 +37,14 @@ from reflectune.keys import text_key
 from reflectune.selection.rules import (
     METRICS,
     Choice,
+    EmptySelection,
     TopK,
     cherry_choice,
     choose_variant,
     count_outcomes,
     kept_rows,
     parse_top_k,
+    why_empty,
 )
 from reflectune.store.inputs import file_sha256, input_hashes, is_run_folder
 from reflectune.store.rundir import RunFolder, default_run_dir, read_manifest
@@ -64,6 +66,8 @@ class SelectSummary:
     dropped: dict[str, int]
     top_k: str | None
     manifest: dict[str, Any] = field(default_factory=dict)
+    #: why nothing was kept, when ``allow_empty`` let an empty selection through (else None)
+    empty_reason: str | None = None
 
 
 def _stale(folder: Path, source: Path) -> str | None:
@@ -100,7 +104,8 @@ def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None
            config: SelectConfig | None = None, *, top_k: str | int | TopK | None = None,
            below_one_filter: bool | None = None, metric: str | None = None,
            run_dir: str | os.PathLike[str] | None = None, fields: Mapping[str, str] | None = None,
-           fmt: str | None = None, output_format: str | None = None) -> SelectSummary:
+           fmt: str | None = None, output_format: str | None = None,
+           allow_empty: bool | None = None) -> SelectSummary:
     """Keep the candidates that suit the student (METHOD.md §5.2), optionally only the top-k.
 
     Args:
@@ -108,16 +113,21 @@ def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None
         output: the selected dataset; its extension picks the format (default
             ``<run>/selected.<input format>``).
         config: a ``SelectConfig``; the keyword arguments below that are given override its fields.
-        top_k: ``"5%"``, ``"1000"`` or a ``TopK``: rank kept rows by IFD, higher first.
+        top_k: ``"5%"``, ``"1000"`` or a ``TopK``: rank kept rows by IFD, higher first; a percentage
+            of the rows that passed the rule (Cherry mode: of all scored rows) rounds down.
         below_one_filter: require IFD < 1 and r-IFD < 1 for kept pairs (reference behaviour).
         metric: ``ppl_ratio`` (default, exp(L_cond - L_direct)) or ``loss_ratio`` (L_cond / L_direct).
         run_dir: Cherry mode's run folder, where ``score`` wrote (default ``runs/<stem>-embedded-score``).
         fields, fmt: how to read a dataset source.
         output_format: force the output format (json, jsonl, parquet, csv, hf_disk).
+        allow_empty: write an empty selection (``summary.empty_reason`` says why) instead of raising.
 
     Raises:
         DataError: the run has no finished scores, or they were computed for other inputs; the
             message names the ``reflectune score`` command that makes them.
+        EmptySelection: no row was kept (and not ``allow_empty``): the message says which step removed
+            the last rows, from the counts, and what would keep some. Nothing is written then: neither
+            an output nor run.json's ``select`` section (a previous selection's stay as they were).
 
     Returns:
         A ``SelectSummary``; run.json gets a ``select`` section with the same counts.
@@ -129,7 +139,8 @@ def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None
     """
     config = merged(SelectConfig, config, {
         "top_k": str(top_k) if isinstance(top_k, TopK) else top_k, "below_one_filter": below_one_filter,
-        "metric": metric, "fields": fields, "fmt": fmt, "output_format": output_format})
+        "metric": metric, "fields": fields, "fmt": fmt, "output_format": output_format,
+        "allow_empty": allow_empty})
     below_one_filter, metric = config.below_one_filter, config.metric
     fields, fmt, output_format = config.fields, config.fmt, config.output_format
     if metric not in METRICS:
@@ -183,9 +194,15 @@ def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None
         # 2. The top-k cut: rank kept rows by IFD.
         keep = kept_rows(choices, spec, cherry=mode == "cherry", below_one=below_one_filter)
         keep_set = set(keep)
+        empty_reason = None
+        if not keep:  # say which step removed the last rows rather than write an empty file as a success
+            empty_reason, remedy = why_empty(summary_counts, spec, cherry=mode == "cherry",
+                                             below_one=below_one_filter)
+            if not config.allow_empty:
+                raise EmptySelection(empty_reason, remedy, where=str(src))
         # 3. Write the kept rows in input order, in the input's shape.
         out_fmt = output_format or (None if output is not None else in_fmt)
-        default_name = "selected" + _SUFFIX.get(in_fmt or "", ".jsonl")
+        default_name = "selected" + _SUFFIX.get(output_format or in_fmt or "", ".jsonl")
         out_path = Path(output) if output is not None else run.file(default_name)
         written = _write(out_path, out_fmt, mode, folder, in_path, in_fmt, in_fields, choices, ids,
                          keep_set, keys)
@@ -199,10 +216,12 @@ def select(source: str | os.PathLike[str], output: str | os.PathLike[str] | None
         if spec is not None:
             manifest["dropped"] = {**manifest["dropped"],
                                    "below_top_k": summary_counts["kept"] - len(keep_set)}
+        if empty_reason is not None:
+            manifest["empty_reason"] = empty_reason
         run.update_manifest("select", manifest)
     return SelectSummary(run_dir=folder, output=out_path, mode=mode, samples=summary_counts["samples"],
                          kept=written, outcomes=summary_counts["outcomes"], dropped=manifest["dropped"],
-                         top_k=manifest["top_k"], manifest=manifest)
+                         top_k=manifest["top_k"], manifest=manifest, empty_reason=empty_reason)
 
 
 def _mismatch(name: str, expected: list[str], got: list[str]) -> str:
