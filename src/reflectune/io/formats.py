@@ -11,6 +11,9 @@ folders need a seekable file). A file compressed with gzip, bz2 or xz (told by i
 name) is decompressed while it is read, json, jsonl and csv alike, in constant memory; zstd files and
 zip archives, which the standard library cannot stream, get a message saying how to unpack them.
 Missing paths, symlink loops and dangling symlinks each get their own one-line ``DataError``.
+
+An output's name and format always agree: a format given with a path whose extension names another
+(``x.json`` written as Parquet) is refused, since the next reader goes by the name.
 """
 
 from __future__ import annotations
@@ -265,6 +268,15 @@ def output_format(path: str | os.PathLike[str]) -> str:
         return "hf_disk"
     raise ConfigError(f"cannot tell the output format from {str(path)!r}; use one of "
                       f"{', '.join(sorted(_SUFFIXES))}, a folder, or pass fmt=")
+
+
+#: the extension each written format gets; a datasets folder gets none (a dot would say a file format)
+OUTPUT_SUFFIXES = {"json": ".json", "jsonl": ".jsonl", "parquet": ".parquet", "csv": ".csv", "hf_disk": ""}
+
+
+def named_format(path: str | os.PathLike[str]) -> str | None:
+    """The format an output path's extension names (``x.pq``: parquet), or None for any other name."""
+    return _SUFFIXES.get(Path(path).suffix.lower())
 
 
 def check_format(fmt: str) -> str:

@@ -13,6 +13,9 @@ Standard input (``-``) and named pipes are read once, as they come: ``read_sampl
 pipe's format is sniffed from its first bytes as it is read). A consumer that reads its input twice,
 like ``recycle`` (a validating pass, then the real one), opens it with ``open_input``, which copies a
 stream once into a temporary file and hands back an ``InputFile`` that can be read any number of times.
+
+A ``DatasetDict`` folder is read through one split (``split=``, or its only one): ``open_input`` points the
+``InputFile`` at that split's own folder, so the split travels as a path (in run.json too).
 """
 
 from __future__ import annotations
@@ -49,7 +52,15 @@ from reflectune.io.formats import (
 from reflectune.io.jsonsource import json_array_rows, jsonl_rows
 from reflectune.io.rejects import RejectSink
 from reflectune.io.shapes import to_sample
-from reflectune.io.sources import RawRow, csv_rows, iter_hf_disk, iter_parquet, open_binary, open_stream
+from reflectune.io.sources import (
+    RawRow,
+    csv_rows,
+    iter_hf_disk,
+    iter_parquet,
+    open_binary,
+    open_stream,
+    split_folder,
+)
 from reflectune.types import Sample
 
 _SOURCES = {"parquet": iter_parquet, "hf_disk": iter_hf_disk}
@@ -67,7 +78,9 @@ class InputFile:
         name: how messages name it: the path as given, or ``<stdin>``.
         origin: for a manifest: the resolved path, or ``-`` for standard input.
         like: a path whose name stands for the input when naming run folders and default outputs
-            (``stdin.jsonl``; ``data.jsonl`` for ``data.jsonl.gz``, since outputs are not compressed).
+            (``stdin.jsonl``; ``data.jsonl`` for ``data.jsonl.gz``, since outputs are not compressed;
+            ``dd-test`` for the ``test`` split of the dataset dict ``dd``).
+        split: the split of a dataset dict that ``path`` is the folder of (None: not a dict).
     """
 
     path: Path
@@ -75,6 +88,7 @@ class InputFile:
     name: str
     origin: str
     like: Path
+    split: str | None = None
 
     def __str__(self) -> str:
         return self.name
@@ -82,26 +96,41 @@ class InputFile:
 
 @contextmanager
 def open_input(path: str | os.PathLike[str], *, fmt: str | None = None,
-               spool_dir: str | os.PathLike[str] | None = None) -> Iterator[InputFile]:
+               spool_dir: str | os.PathLike[str] | None = None,
+               split: str | None = None) -> Iterator[InputFile]:
     """Make an input readable twice: files and folders as they are, streams copied once.
 
     Standard input (``-``, which needs ``fmt``) and named pipes can be read only once, so they are
     copied, in 1 MiB chunks, into a temporary folder under ``spool_dir`` (default: the system's, see
     ``TMPDIR``), removed on exit. A pipe's format is then told from the copy. Streams are read as json,
-    jsonl or csv (compressed or not); Parquet and ``save_to_disk`` folders need a real path.
+    jsonl or csv (compressed or not); Parquet and ``save_to_disk`` folders need a real path. ``split``
+    picks a split of a ``DatasetDict`` folder (see ``sources.split_folder``).
 
     Raises:
-        ConfigError: ``-`` without ``fmt``, or a stream with a format that needs a seekable file.
-        DataError: the path is missing, a symlink loop, a dangling symlink, or unreadable.
+        ConfigError: ``-`` without ``fmt``, a stream with a format that needs a seekable file, or a
+            ``split`` that the input does not have.
+        DataError: the path is missing, a symlink loop, a dangling symlink, or unreadable; or a dataset
+            dict with several splits and no ``split``.
         StoreError: the copy could not be written (a full disk).
     """
     fmt = check_format(fmt) if fmt is not None else None
     kind = input_kind(path)
     if kind not in ("stdin", "stream"):
-        yield InputFile(Path(path), fmt or detect_format(path), str(Path(path)), str(Path(path).resolve()),
-                        _like(Path(path)))
+        fmt = fmt or detect_format(path)
+        if fmt == "hf_disk" and kind == "dir":
+            chosen = split_folder(Path(path), split)
+            if chosen != Path(path):  # one split of a dict: named by its own folder from here on
+                yield InputFile(chosen, fmt, str(chosen), str(chosen.resolve()),
+                                chosen.resolve().parent.with_name(f"{chosen.resolve().parent.name}-{chosen.name}"),
+                                chosen.name)
+                return
+        elif split is not None:
+            raise _split_needs_dict(split, str(Path(path)), fmt)
+        yield InputFile(Path(path), fmt, str(Path(path)), str(Path(path).resolve()), _like(Path(path)))
         return
     where = STDIN_NAME if kind == "stdin" else str(Path(path))
+    if split is not None:
+        raise _split_needs_dict(split, where, fmt or "a stream")
     fmt = stream_format(fmt, where)
     try:
         spool = tempfile.TemporaryDirectory(prefix="reflectune-input-", dir=spool_dir)
@@ -120,6 +149,11 @@ def open_input(path: str | os.PathLike[str], *, fmt: str | None = None,
             yield InputFile(copy, fmt, where, STDIN, Path(f"stdin.{fmt}"))
         else:
             yield InputFile(copy, fmt, where, str(Path(path).resolve()), _like(Path(path)))
+
+
+def _split_needs_dict(split: str, where: str, fmt: str) -> ConfigError:
+    return ConfigError(f"--split {split}: {where} is {fmt}, and splits are a datasets folder's "
+                       "(a DatasetDict saved with save_to_disk); drop --split")
 
 
 def _like(path: Path) -> Path:
@@ -146,7 +180,7 @@ def _spool(path: Path | None, copy: Path, where: str) -> None:
 
 def read_samples(path: str | os.PathLike[str] | InputFile, *, fields: Mapping[str, str] | None = None,
                  fmt: str | None = None, on_bad_record: Literal["error", "skip"] = "error",
-                 rejects: RejectSink | None = None) -> Iterator[Sample]:
+                 rejects: RejectSink | None = None, split: str | None = None) -> Iterator[Sample]:
     """Stream the samples of a dataset file, one checked ``Sample`` per row.
 
     Args:
@@ -158,6 +192,7 @@ def read_samples(path: str | os.PathLike[str] | InputFile, *, fields: Mapping[st
         fmt: force a format instead of detecting it (see ``detect_format``).
         on_bad_record: ``"error"`` raises on the first bad row; ``"skip"`` sends it to ``rejects``.
         rejects: where skipped rows go; required with ``"skip"``.
+        split: the split to read of a ``DatasetDict`` folder; needed when it has several.
 
     Returns:
         A generator of samples in file order. Multi-turn ShareGPT rows come as
@@ -185,6 +220,8 @@ def read_samples(path: str | os.PathLike[str] | InputFile, *, fields: Mapping[st
         target, where = Path(path), str(path)
     fmt = check_format(fmt) if fmt is not None else None
     kind = input_kind(path if not isinstance(path, InputFile) else target)
+    if split is not None and kind in ("stdin", "stream"):
+        raise _split_needs_dict(split, STDIN_NAME if kind == "stdin" else where, fmt or "a stream")
     if kind == "stdin":
         return _read(None, stream_format(fmt, STDIN_NAME), resolved, sink, STDIN_NAME)
     if kind == "stream":
@@ -195,6 +232,11 @@ def read_samples(path: str | os.PathLike[str] | InputFile, *, fields: Mapping[st
         raise DataError("is a directory, expected a file", path=where)
     if fmt == "hf_disk" and kind != "dir":
         raise DataError("expected a datasets.save_to_disk folder", path=where)
+    if fmt == "hf_disk":
+        folder = split_folder(target, split)
+        target, where = folder, where if folder == target else str(folder)
+    elif split is not None:
+        raise _split_needs_dict(split, where, fmt)
     if kind == "file":
         _check_head(target, fmt, where)
     return _read(target, fmt, resolved, sink, where)

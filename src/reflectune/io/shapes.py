@@ -71,6 +71,15 @@ def to_record(sample: Sample, instruction: str, input: str, output: str, columns
     return record
 
 
+def rewritten_columns(sample: Sample, fields: Mapping[str, str]) -> tuple[str, ...]:
+    """The input columns ``to_record`` writes new values into; it copies every other one as it was."""
+    if sample.passthrough:
+        return ()
+    if (found := _own_conversation(sample)) is not None:
+        return (found[0],)
+    return fields["instruction"], fields["input"], fields["output"]
+
+
 def generated_id(index: int, instruction: str, input: str, output: str) -> str:
     """``row{index}-{hash}``: stable while the row keeps its place and its texts."""
     digest = hashlib.sha256("\0".join((instruction, input, output)).encode("utf-8", "surrogatepass"))

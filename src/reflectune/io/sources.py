@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from reflectune.errors import ConfigError, DataError
 from reflectune.io.formats import (
@@ -33,6 +34,9 @@ from reflectune.io.formats import (
     read_head,
     refuse_compression,
 )
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 BATCH_ROWS = 1000
 
@@ -219,22 +223,61 @@ def import_datasets() -> Any:
     return datasets
 
 
-def iter_hf_disk(path: Path) -> Iterator[RawRow]:
-    """Rows of a ``datasets.save_to_disk`` folder (memory-mapped, read in batches).
+DATASET_DICT_FILE = "dataset_dict.json"
 
-    A ``DatasetDict`` folder is accepted when it has one split or a ``train`` split.
+
+def split_folder(path: Path, split: str | None) -> Path:
+    """The folder of the dataset to read: ``path`` itself, or one split's of a ``DatasetDict``.
+
+    ``DatasetDict.save_to_disk`` writes each split into its own subfolder, which is a dataset folder of its
+    own; reading that folder is reading the split, so everything downstream (run.json, ``select``'s
+    second read) can name the split by a path alone. A dict with one split needs no ``split``; with
+    several, picking one silently (``train``) would recycle the wrong data without a word.
+
+    Raises:
+        ConfigError: ``split`` names no split of the dict, or is given for a folder that is no dict.
+        DataError: a dict with several splits and no ``split``, or an unreadable ``dataset_dict.json``.
     """
+    marker = path / DATASET_DICT_FILE
+    if not marker.is_file():
+        if split is not None:
+            raise ConfigError(f"--split {split}: {path} is a single dataset, not a dataset dict with splits; "
+                              "drop --split")
+        return path
+    try:
+        splits = json.loads(marker.read_text(encoding="utf-8"))["splits"]
+        if not isinstance(splits, list) or not all(isinstance(name, str) for name in splits):
+            raise TypeError("splits is not a list of names")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"unreadable {DATASET_DICT_FILE}: {e}", path=str(path)) from None
+    if split is None:
+        if len(splits) == 1:
+            return path / splits[0]
+        raise DataError(f"holds splits {', '.join(splits)}: pick one with --split NAME (split= in Python) or "
+                        f"point at its folder ({path / splits[0]})", path=str(path))
+    if split not in splits:
+        raise ConfigError(f"--split {split}: {path} has no such split; its splits are {', '.join(splits)}")
+    return path / split
+
+
+def load_hf_disk(path: Path) -> Any:
+    """The ``datasets.Dataset`` saved in ``path`` (one split's folder; see ``split_folder``)."""
     datasets = import_datasets()
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as e:  # datasets raises many types for a broken folder
         raise DataError(f"not a readable datasets folder: {e}", path=str(path)) from None
-    if isinstance(ds, datasets.DatasetDict):
-        splits = list(ds)
-        if len(splits) != 1 and "train" not in splits:
-            raise DataError(f"holds splits {', '.join(splits)}; point at one split's folder",
-                            path=str(path))
-        ds = ds[splits[0] if len(splits) == 1 else "train"]
+    if isinstance(ds, datasets.DatasetDict):  # a dict nested in a split's folder: not ours to pick from
+        raise DataError(f"holds splits {', '.join(ds)}: point at one split's folder", path=str(path))
+    return ds
+
+
+def iter_hf_disk(path: Path, split: str | None = None) -> Iterator[RawRow]:
+    """Rows of a ``datasets.save_to_disk`` folder (memory-mapped, read in batches).
+
+    A ``DatasetDict`` folder is read through one split: ``split``, or its only one (see ``split_folder``).
+    """
+    ds = load_hf_disk(split_folder(path, split))
     row = 0
     for batch in ds.iter(batch_size=BATCH_ROWS):
         columns = list(batch)
@@ -242,3 +285,40 @@ def iter_hf_disk(path: Path) -> Iterator[RawRow]:
             row += 1
             yield RawRow(row, dict(zip(columns, values, strict=True)))
 
+
+@dataclass(frozen=True, slots=True)
+class ArrowSource:
+    """A Parquet file or datasets folder read as Arrow, for the writer to copy columns from exactly.
+
+    Rows read as Python values and spooled as JSON lose their types (float32 becomes a double,
+    ``timestamp[us]`` a string, a dictionary column plain strings); so the writer takes every column it
+    did not rewrite from here, by row number, as the Arrow values they were, under the input's schema.
+    """
+
+    path: Path
+    fmt: str
+
+    def schema(self) -> pa.Schema:
+        """The input's schema as its reader sees it, metadata included (a datasets folder's features)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.fmt == "parquet":
+            try:
+                return pq.ParquetFile(self.path).schema_arrow
+            except (pa.ArrowException, OSError) as e:
+                raise DataError(f"not a readable Parquet file: {e}", path=str(self.path)) from None
+        return load_hf_disk(self.path).data.schema
+
+    def batches(self) -> Iterator[pa.Table | pa.RecordBatch]:
+        """The input's rows in order, about ``BATCH_ROWS`` at a time."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.fmt == "hf_disk":  # the arrow format applies a saved selection's indices too
+            yield from load_hf_disk(self.path).with_format("arrow").iter(batch_size=BATCH_ROWS)
+            return
+        try:
+            yield from pq.ParquetFile(self.path).iter_batches(batch_size=BATCH_ROWS)
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"Parquet read failed: {e}", path=str(self.path)) from None

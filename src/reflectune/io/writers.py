@@ -6,6 +6,10 @@ file where a good one was. JSON and JSON lines stream straight to the temp file;
 spool first (see ``tabular``). Output is a pure function of the rows written: keys keep the order
 they are given in, nothing carries a timestamp, so identical input gives byte-identical files.
 
+Given the input it read (``source``), a Parquet or datasets-folder writer of an Arrow input keeps the
+input's schema: every column's type and value, and typed new columns (see ``tabular.Exact``). A path
+whose extension names another format than the one asked for is refused, so names never lie.
+
 While open, a writer holds an ``OutputLock`` on its target (``.NAME.lock`` beside it), so a second
 writer of the same path, another run or this process, is refused with a ``StoreError``. Any OS error
 (a full disk included) is a one-line ``StoreError`` and removes the temp files at once.
@@ -27,10 +31,14 @@ from reflectune.errors import ConfigError, StoreError
 from reflectune.io import tabular
 from reflectune.io.atomic import OutputLock, os_reason, remove_stale, temp_path
 from reflectune.io.fields import resolve_fields
-from reflectune.io.formats import check_format, output_format
-from reflectune.io.shapes import to_record
-from reflectune.io.sources import import_datasets
+from reflectune.io.formats import OUTPUT_SUFFIXES, check_format, detect_format, named_format, output_format
+from reflectune.io.readers import InputFile
+from reflectune.io.shapes import rewritten_columns, to_record
+from reflectune.io.sources import ArrowSource, import_datasets, split_folder
 from reflectune.types import Sample
+
+#: what a writer can be told the rows were read from
+Source = InputFile | ArrowSource | str | os.PathLike[str] | None
 
 
 class DatasetWriter:
@@ -40,6 +48,14 @@ class DatasetWriter:
         path: the output file, or folder for ``hf_disk``.
         fmt: one of ``detect_format``'s names; ``None`` infers it from the extension (none: a folder).
         fields: the same mapping the input was read with, so the output keeps the input's names.
+        source: the input the rows were read from (a path, or ``open_input``'s ``InputFile``): a
+            Parquet or datasets-folder output of a Parquet or datasets-folder input takes the input's
+            schema and every column it does not rewrite from it, exactly (rows written with ``write``,
+            in input order; ``write_record`` falls back to types inferred from the values).
+
+    Raises:
+        ConfigError: ``fmt`` disagrees with the extension of ``path`` (``x.json`` as parquet), or
+            ``path`` is a folder for a file format or a file for a folder.
 
     Example:
         >>> with DatasetWriter("out.json") as out:
@@ -48,10 +64,16 @@ class DatasetWriter:
     """
 
     def __init__(self, path: str | os.PathLike[str], fmt: str | None = None, *,
-                 fields: Mapping[str, str] | None = None) -> None:
+                 fields: Mapping[str, str] | None = None, source: Source = None) -> None:
         self.path = Path(path)
         self.fmt = check_format(fmt) if fmt is not None else output_format(path)
+        named = named_format(self.path)
+        if named is not None and named != self.fmt:
+            raise ConfigError(f"{self.path} is named as {named} but would be written as {self.fmt}: "
+                              f"name it {self.path.with_suffix(OUTPUT_SUFFIXES[self.fmt])} or write {named}")
         self.fields = resolve_fields(fields)
+        arrow = arrow_source(source) if self.fmt in ("parquet", "hf_disk") else None
+        self._exact = tabular.Exact(arrow) if arrow is not None else None
         self.count = 0
         self.tmp = temp_path(self.path)
         self._file: IO[bytes] | None = None
@@ -107,13 +129,21 @@ class DatasetWriter:
 
         A passthrough sample is written as its untouched ``raw`` record (plus ``columns``, if any).
         """
-        self.write_record(to_record(sample, instruction, input, output, columns or {}, self.fields))
+        columns = columns or {}
+        if self._exact is not None and not self._exact.add(sample.row - 1, (*rewritten_columns(
+                sample, self.fields), *columns)):
+            self._exact = None  # out of input order: the input cannot be streamed alongside
+        self._write(to_record(sample, instruction, input, output, columns, self.fields))
 
     def write_record(self, record: Mapping[str, Any]) -> None:
-        """Write one raw dict as one row.
+        """Write one raw dict as one row (typed from the values alone: it names no input row).
 
         After an OS error (disk full) the temp files are gone and every later write raises it again.
         """
+        self._exact = None
+        self._write(record)
+
+    def _write(self, record: Mapping[str, Any]) -> None:
         if self._failed is not None:
             raise self._failed
         try:
@@ -179,7 +209,7 @@ class DatasetWriter:
         if self.fmt == "csv":
             tabular.write_csv(spool, self.tmp)
         elif self.fmt == "parquet":
-            tabular.write_parquet(spool, self.tmp)
+            tabular.write_parquet(spool, self.tmp, self._exact)
         else:
             self._save_to_disk(spool, digest)
         _remove(spool.path)
@@ -198,7 +228,7 @@ class DatasetWriter:
         from datasets.table import MemoryMappedTable
 
         arrow = Path(f"{self.tmp}.arrow")
-        tabular.write_arrow_stream(spool, arrow)
+        tabular.write_arrow_stream(spool, arrow, self._exact)
         _remove(self.tmp)
         bars = datasets.is_progress_bar_enabled()
         datasets.disable_progress_bars()
@@ -209,6 +239,20 @@ class DatasetWriter:
             if bars:
                 datasets.enable_progress_bars()
             _remove(arrow)
+
+
+def arrow_source(source: Source) -> ArrowSource | None:
+    """The Arrow input behind ``source``, if it is one (a dataset dict's path: its only split)."""
+    if source is None or isinstance(source, ArrowSource):
+        return source
+    if isinstance(source, InputFile):
+        path, fmt = source.path, source.fmt
+    else:
+        path = Path(source)
+        fmt = detect_format(path)
+        if fmt == "hf_disk":
+            path = split_folder(path, None)
+    return ArrowSource(path, fmt) if fmt in ("parquet", "hf_disk") else None
 
 
 def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> int:

@@ -5,12 +5,19 @@ input (bad rows fail *before* any paid call), the oracle and engine, the ordered
 ticker that feeds the progress display and rewrites ``run.json``. Outputs are written to temporary
 files and renamed only when the run completes, so a killed run leaves no half file behind and a
 rerun, answered from the store, writes byte-identical outputs.
+
+Every input row that is read gets an output row and a ``variants.jsonl`` line with a status, the
+multi-turn conversations that pass through untouched too (``passed_through``), so the two files and
+the input line up row for row. The output's name and format agree (the extension decides); ``-o -``
+writes JSON lines to standard output once the run is complete (a copy stays in the run folder).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,23 +25,28 @@ from pathlib import Path
 from typing import Any
 
 from reflectune.config import RecycleConfig
-from reflectune.contracts import VARIANTS_FILE
+from reflectune.contracts import VARIANT_NAMES, VARIANTS_FILE
 from reflectune.engine.runner import Engine, EngineStats
 from reflectune.engine.stage import RunOutcome, open_stage
 from reflectune.errors import ConfigError, DataError
 from reflectune.io import DatasetWriter, RejectSink, output_format, read_samples
 from reflectune.io.atomic import same_file
+from reflectune.io.formats import OUTPUT_SUFFIXES, check_format, is_stdin, named_format
 from reflectune.io.readers import InputFile, open_input
+from reflectune.io.shapes import CONVERSATION_KEYS
 from reflectune.oracles import make_oracle
 from reflectune.oracles.pricing import with_overrides
 from reflectune.prompts.render import INSTRUCTION, MERGE, RESPONSE, RESPONSE_INPUT, load_template, render
 from reflectune.recycling.reflector import RecycleProgress, Reflector, run_samples
-from reflectune.recycling.rules import SampleResult, chosen_texts, default_output_name, output_columns
+from reflectune.recycling.rules import SampleResult, chosen_texts, output_columns, skipped
 from reflectune.recycling.verify import Verifier
 from reflectune.store.rundir import default_run_dir, read_manifest
+from reflectune.types import Sample
 
 TICK_SECONDS = 0.5
 MANIFEST_SECONDS = 5.0
+#: the status (``reflect_status``, variants.jsonl's ``status``) of a row written back unchanged
+PASSED_THROUGH = "passed_through"
 Ticker = Callable[[RecycleProgress, EngineStats], None]
 
 
@@ -96,6 +108,58 @@ def _check_same_input(folder: Path, origin: str) -> None:
                           "(or move that folder away) to recycle this input")
 
 
+def _output(output: str | os.PathLike[str] | None, fmt: str | None, source: InputFile,
+            folder: Path) -> tuple[Path, str, bool]:
+    """Where the recycled dataset goes, its format, and whether it then goes to standard output.
+
+    The name and the format always agree, since whoever reads the file next goes by its name: the
+    extension decides, ``--output-format`` may only repeat it (or pick the format of a name without a
+    data extension), and the default name is the format's (a datasets folder's has no extension).
+    """
+    fmt = check_format(fmt) if fmt is not None else None
+    if output is not None and is_stdin(output):
+        if fmt not in (None, "jsonl"):
+            raise ConfigError(f"-o - writes JSON lines to standard output, not {fmt}: drop --output-format "
+                              f"or give -o a {fmt} path")
+        return folder / "recycled.jsonl", "jsonl", True
+    if output is None:
+        fmt = fmt or source.fmt
+        return folder / f"recycled{OUTPUT_SUFFIXES[fmt]}", fmt, False
+    path = Path(output)
+    named = named_format(path)
+    if fmt is not None and named is not None and named != fmt:
+        raise ConfigError(f"-o {path} is a {named} name but --output-format is {fmt}: drop --output-format, "
+                          f"or name the output {path.with_suffix(OUTPUT_SUFFIXES[fmt])}")
+    return path, fmt or output_format(path), False
+
+
+def _passed_through(sample: Sample) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The variants.jsonl line and the output columns of a row written back unchanged."""
+    turns = next((len(v) for k in CONVERSATION_KEYS if isinstance(v := (sample.raw or {}).get(k), list)), 0)
+    reason = (f"a conversation of {turns} turns: recycling rewrites a single exchange, so the row is kept "
+              "unchanged")
+    line = {"id": sample.id, "row": sample.row, "status": PASSED_THROUGH,
+            "variants": {name: skipped(reason).as_json() for name in VARIANT_NAMES}}
+    return line, {"reflect_status": PASSED_THROUGH, "reflect_reason": reason}
+
+
+def _to_stdout(path: Path) -> None:
+    """Copy the finished output to standard output; a reader that stops early (``| head``) is no error."""
+    out = getattr(sys.stdout, "buffer", None)
+    try:
+        sys.stdout.flush()
+        with open(path, "rb") as f:
+            if out is None:  # a text-only stream (a test's capture)
+                sys.stdout.write(f.read().decode("utf-8"))
+            else:
+                shutil.copyfileobj(f, out, 1 << 20)
+                out.flush()
+    except BrokenPipeError:  # the reader hung up: send what is left of the flush nowhere
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def _validate(path: InputFile, config: RecycleConfig) -> tuple[int, int]:
     """Read the whole input once: bad input fails here, before anything is paid for."""
     counter = _Counter()
@@ -108,7 +172,7 @@ def _validate(path: InputFile, config: RecycleConfig) -> tuple[int, int]:
 def recycle(input: str | os.PathLike[str], output: str | os.PathLike[str] | None = None, *,
             config: RecycleConfig | None = None, run_dir: str | os.PathLike[str] | None = None,
             on_tick: Ticker | None = None, session: Any = None,
-            input_format: str | None = None) -> RecycleSummary:
+            input_format: str | None = None, split: str | None = None) -> RecycleSummary:
     """Reflect every pair of ``input`` with the oracle; write the V1 "Recycled" dataset.
 
     Args:
@@ -117,7 +181,12 @@ def recycle(input: str | os.PathLike[str], output: str | os.PathLike[str] | None
             Standard input and named pipes are copied once to a temporary file (``TMPDIR``), since
             the input is read twice (a validating pass first).
         input_format: json | jsonl | csv | parquet | hf_disk instead of detecting it.
-        output: where the recycled dataset goes (default ``RUN_DIR/recycled.<input format>``).
+        split: the split to recycle of a ``DatasetDict`` folder; needed when it has several.
+        output: where the recycled dataset goes (default ``RUN_DIR/recycled.<input format>``, a folder
+            ``RUN_DIR/recycled`` for a datasets folder); its extension decides the format, which
+            ``config.output_format`` may not contradict. ``-`` writes JSON lines to standard output.
+            A Parquet or datasets-folder output of a Parquet or datasets-folder input keeps the input's
+            schema: every column's type and value.
         config: oracle, sampling, engine limits, phases (defaults: embedded oracle, both phases).
         run_dir: the run folder; rerunning with the same folder resumes.
         on_tick: called about twice a second with live progress (for a display).
@@ -132,16 +201,19 @@ def recycle(input: str | os.PathLike[str], output: str | os.PathLike[str] | None
                           config=RecycleConfig(oracle=OracleConfig(spec="openai:gpt-4o-mini")))
     """
     return asyncio.run(arecycle(input, output, config=config, run_dir=run_dir, on_tick=on_tick,
-                                session=session, input_format=input_format))
+                                session=session, input_format=input_format, split=split))
 
 
 async def arecycle(input: str | os.PathLike[str], output: str | os.PathLike[str] | None = None, *,
                    config: RecycleConfig | None = None, run_dir: str | os.PathLike[str] | None = None,
                    on_tick: Ticker | None = None, session: Any = None,
-                   input_format: str | None = None) -> RecycleSummary:
+                   input_format: str | None = None, split: str | None = None) -> RecycleSummary:
     config = config or RecycleConfig()
-    with open_input(input, fmt=input_format) as source:  # standard input and pipes: copied once
-        return await _arecycle(source, output, config, run_dir, on_tick, session)
+    with open_input(input, fmt=input_format, split=split) as source:  # standard input and pipes: copied once
+        summary = await _arecycle(source, output, config, run_dir, on_tick, session)
+    if output is not None and is_stdin(output):
+        _to_stdout(summary.output)
+    return summary
 
 
 async def _arecycle(source: InputFile, output: str | os.PathLike[str] | None, config: RecycleConfig,
@@ -152,18 +224,19 @@ async def _arecycle(source: InputFile, output: str | os.PathLike[str] | None, co
     folder = Path(run_dir) if run_dir else default_run_dir(source.like, config.oracle.spec, identity=identity)
     _check_same_input(folder, source.origin)
     started = time.monotonic()
-    out_path = Path(output) if output else folder / default_output_name(source.like, config.output_format)
+    out_path, out_fmt, to_stdout = _output(output, config.output_format, source, folder)
     if source.origin != "-" and same_file(out_path, src):
         raise ConfigError(f"-o {out_path} is the input: the recycled dataset would overwrite its source; "
                           "write it elsewhere")
-    out_fmt = config.output_format or (output_format(out_path) if output else in_fmt)
     total, invalid = _validate(source, config)
     async with open_stage("recycle", folder, config.oracle, config.engine, session=session) as stage:
         engine = stage.engine
         stage.manifest = {
             "status": "running", "input": {"path": source.origin, "format": in_fmt,
-                                           "fields": dict(config.fields)},
-            "output": {"path": str(out_path.resolve()), "format": out_fmt},
+                                           "fields": dict(config.fields),
+                                           **({"split": source.split} if source.split else {})},
+            "output": {"path": str(out_path.resolve()), "format": out_fmt,
+                       **({"stdout": True} if to_stdout else {})},
             "config": config.model_dump(mode="json"), "config_hash": config.config_hash(),
             "oracle_fingerprint": stage.oracle.fingerprint(), "rows": total}
         stage.write("running")
@@ -180,7 +253,9 @@ async def _arecycle(source: InputFile, output: str | os.PathLike[str] | None, co
 
         def live() -> dict[str, Any]:
             return {
-                "done": progress.done, "passthrough": progress.passthrough,
+                # every row has a variants.jsonl line now, so select's check (done - "passthrough",
+                # the rows without one, in older folders) must not subtract these
+                "done": progress.done, PASSED_THROUGH: progress.passthrough,
                 "rejected": rejects.count if rejects else invalid,
                 "chosen": dict(progress.chosen),
                 "variant_status": dict(sorted(progress.variant_status.items())),
@@ -203,13 +278,15 @@ async def _arecycle(source: InputFile, output: str | os.PathLike[str] | None, co
                     last_manifest = time.monotonic()
 
         ticker = asyncio.ensure_future(tick())
-        writer = DatasetWriter(out_path, out_fmt, fields=config.fields or None)
+        writer = DatasetWriter(out_path, out_fmt, fields=config.fields or None, source=source)
         variants = DatasetWriter(stage.file(VARIANTS_FILE), "jsonl")
         try:
             with writer, variants:
                 def on_result(result: SampleResult) -> None:
                     if result.chosen == "passthrough":
-                        writer.write_record(result.sample.raw or {})
+                        line, columns = _passed_through(result.sample)
+                        writer.write(result.sample, "", "", "", columns)
+                        variants.write_record(line)
                         return
                     instruction, inp, out = chosen_texts(result)
                     writer.write(result.sample, instruction, inp, out, output_columns(result))
@@ -254,6 +331,8 @@ class Estimate:
     completion_tokens_max: int
     prices: tuple[float, float] | None
     exact_tokens: bool
+    #: the first reflection prompt as the oracle would see it, for a dry run's timing probe
+    first_prompt: str = ""
 
     def cost(self, completion_tokens: int) -> float | None:
         if self.prices is None:
@@ -266,13 +345,13 @@ EXPECTED_MERGE_TOKENS = 60
 
 
 def estimate(input: str | os.PathLike[str], *, config: RecycleConfig | None = None,
-             input_format: str | None = None) -> Estimate:
+             input_format: str | None = None, split: str | None = None) -> Estimate:
     """Count calls and tokens a recycle run would spend, calling nothing.
 
     QA prompts depend on Q's answer, so they are estimated from the expected Q length.
     """
     config = config or RecycleConfig()
-    with open_input(input, fmt=input_format) as src:
+    with open_input(input, fmt=input_format, split=split) as src:
         return _estimate(src, config)
 
 
@@ -292,8 +371,13 @@ def _estimate(src: InputFile, config: RecycleConfig) -> Estimate:
     templates = {k.template: load_template(k.template, config.prompts_dir)
                  for k in (INSTRUCTION, RESPONSE, RESPONSE_INPUT, MERGE)}
 
+    first: list[str] = []
+
     def tokens_of(template: str, **values: str) -> int:
-        return sum(count(m.content) for m in render(templates[template], **values))
+        messages = render(templates[template], **values)
+        if not first and template.endswith("reflection") and values.get("answer"):
+            first.append("\n\n".join(m.content for m in messages))
+        return sum(count(m.content) for m in messages)
 
     for sample in _samples(src, config, _Counter()):  # type: ignore[arg-type]
         if sample.passthrough:
@@ -317,4 +401,5 @@ def _estimate(src: InputFile, config: RecycleConfig) -> Estimate:
     if rows == 0:
         raise ConfigError(f"{src}: nothing to recycle")
     price = with_overrides(oracle.capabilities.price, config.engine.price_in, config.engine.price_out)
-    return Estimate(rows, calls, prompt, expected, upper, price, oracle.capabilities.exact_tokens)
+    return Estimate(rows, calls, prompt, expected, upper, price, oracle.capabilities.exact_tokens,
+                    first[0] if first else "")
