@@ -15,7 +15,9 @@ not keep by itself:
   the manifest records the new one.
 - ``--resume`` starts from the newest *complete* checkpoint. A ``kill -9`` during a save leaves a
   ``checkpoint-N`` folder without its ``trainer_state.json`` (the Trainer writes it last); that one
-  is skipped, and the complete one before it is used.
+  is skipped, and the complete one before it is used. A checkpoint of the other kind (``--resume
+  --lora`` on a full fine-tuning checkpoint, or the reverse) is refused in one line, start record or
+  not: the Trainer would fail on it with a traceback.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json
 RESUMABLE = frozenset({"resume", "overwrite", "report_to", "save_total_limit", "save_steps"})
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 #: What a checkpoint needs to be resumed: the Trainer's state (written last), and the weights.
-_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-            "adapter_model.safetensors")
+_FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+_ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+_WEIGHTS = _FULL_WEIGHTS + _ADAPTER_WEIGHTS
 
 
 def check_output(out: Path, base_dir: Path | None, cfg: TrainConfig, *, resuming: bool,
@@ -80,6 +83,23 @@ def complete_checkpoint(out: Path) -> tuple[Path | None, list[str]]:
             return path, skipped
         skipped.append(path.name)
     return None, skipped
+
+
+def check_checkpoint_kind(checkpoint: Path, lora: bool) -> None:
+    """Refuse resuming a full fine-tuning checkpoint as LoRA, or a LoRA one as full fine-tuning.
+
+    The start record already refuses a changed ``--lora`` (``lora False then, True now``); this holds
+    for a run folder without one too. Only a checkpoint that is plainly the other kind is refused: a
+    layout with neither kind of weights (a sharded save) is left to the Trainer.
+    """
+    adapter = any((checkpoint / name).exists() for name in _ADAPTER_WEIGHTS)
+    full = any((checkpoint / name).exists() for name in _FULL_WEIGHTS)
+    if lora and full and not adapter:
+        raise ConfigError(f"--resume --lora: {checkpoint} is a full fine-tuning checkpoint (no adapter "
+                          "weights): resume without --lora, or train LoRA into another --run-dir")
+    if not lora and adapter and not full:
+        raise ConfigError(f"--resume: {checkpoint} is a LoRA checkpoint (adapter weights only): resume "
+                          "with --lora, or train into another --run-dir")
 
 
 def data_identity(data: Any) -> dict[str, Any] | None:

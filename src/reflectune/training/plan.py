@@ -163,8 +163,10 @@ def plan_training(data: str | Path | Iterable[Sample], base: str, *, config: Tra
         assert plan.effective_batch == 128 and plan.gradient_accumulation == 4
     """
     from reflectune.models import load_tokenizer, pick_device, pick_dtype, resolve_model
+    from reflectune.training.trainer import check_options
 
     cfg = make_config(config, **options)
+    check_options(cfg)  # every check a real run makes before it starts (--sft keys, --report-to)
     world = resolve_world_size(cfg)
     accumulation = cfg.grad_accumulation(world)
     source = resolve_model(base)

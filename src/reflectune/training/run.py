@@ -41,6 +41,7 @@ from reflectune.models import ModelSource
 from reflectune.store.rundir import MANIFEST, RunFolder, default_run_dir
 from reflectune.training.data import build_examples, data_label, load_training_samples
 from reflectune.training.folder import (
+    check_checkpoint_kind,
     check_output,
     check_resume,
     check_run_dir,
@@ -279,6 +280,8 @@ def _train(job: _Job) -> TrainResult:
     if checkpoint and not check_resume(folder, job.record):
         job.emit({"event": "note", "message": f"{folder} records no start settings (an older run): the "
                   "resume cannot check that its options and data are the same"})
+    if checkpoint:
+        check_checkpoint_kind(checkpoint, cfg.lora)
     job.portable = portable_base_name(job.base, job.source)
     section = _Section(job.run, {
         "config": cfg.model_dump(mode="json"), "config_hash": cfg.config_hash(),
