@@ -18,7 +18,7 @@ import reflectune
 
 ROOT = Path(reflectune.__file__).parent
 
-L1 = {"types", "errors", "keys", "config", "contracts", "markers"}
+L1 = {"types", "errors", "keys", "config", "contracts", "markers", "logs"}
 L2 = {"io", "prompts", "store", "models", "oracles"}
 STAGES = {"recycling", "scoring", "selection", "training", "generation", "judging"}
 
@@ -30,15 +30,17 @@ ALLOWED: dict[str, set[str]] = {
     "markers": set(),
     "config": {"errors", "keys"},
     "contracts": set(),
+    # the run folder's log.txt is named in contracts; every layer may log
+    "logs": {"contracts"},
     # L2: io, prompts and oracles know nothing of each other (but the one build below); the store
     # writes through io.
     "io": {"types", "errors"},
     "prompts": {"types", "errors", "markers"},
     "models": {"errors"},
-    "store": {"errors", "keys", "contracts", "io"},
+    "store": {"errors", "keys", "contracts", "io", "logs"},
     # a local model's --template override renders through the chat template prompts/ builds from the
     # student template files (oracles/local/prompt.py); the oracle still writes no prompt wording
-    "oracles": {"types", "errors", "config", "markers", "models", "prompts"},
+    "oracles": {"types", "errors", "config", "markers", "models", "prompts", "logs"},
     # L3: the engine and the stages.
     "engine": L1 | {"store", "oracles"},
     # recycle --verify asks the judge, by its own rules (one protocol, not two)

@@ -20,6 +20,8 @@ VARIANTS_FILE = "variants.jsonl"
 SCORES_FILE = "scores.jsonl"
 JUDGMENTS_FILE = "judgments.jsonl"
 MANIFEST_FILE = "run.json"
+#: every run made in the folder, appended (reflectune.logs)
+LOG_FILE = "log.txt"
 
 #: The four versions of a sample (METHOD.md §4): original, instruction-, response-, both reflected.
 VARIANT_NAMES: tuple[str, ...] = ("ori", "Q", "A", "QA")

@@ -8,6 +8,7 @@ minutes what reflection does, and how often a 135M oracle fails at it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from importlib import resources
@@ -19,7 +20,8 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from reflectune.cli.display import finish, print_report, progress_table, summary_table
+from reflectune.cli.display import finish, print_json, print_report, progress_table, summary_table
+from reflectune.cli.options import AsJson, Quiet
 from reflectune.config import (
     EngineConfig,
     GatesConfig,
@@ -65,6 +67,8 @@ def demo_command(
     critique_tokens: int = typer.Option(32, help="Critique budget before the forced markers."),
     batch_size: int = typer.Option(16, help="Requests per batch on the local model."),
     gates: str = typer.Option("all", help="Quality gates, as for recycle (all | none | a list)."),
+    quiet: Quiet = False,
+    as_json: AsJson = False,
 ) -> None:
     """Recycle the bundled Alpaca sample with the embedded model: offline, no API key."""
     from reflectune.recycling.run import recycle
@@ -78,9 +82,11 @@ def demo_command(
     console.print(f"[bold]reflectune demo[/]: recycling {rows} Alpaca rows with [bold]{oracle}[/] "
                   "(offline; the first run converts the embedded model once, about 30 s)")
     started = time.monotonic()
-    with Live(console=console, refresh_per_second=2, transient=True) as live:
+    with Live(console=console, refresh_per_second=2, transient=True) if not quiet \
+            else contextlib.nullcontext() as live:
         summary = recycle(demo_data_path(), config=config, run_dir=run_dir,
-                          on_tick=lambda p, s: live.update(progress_table(p, s, time.monotonic() - started)))
+                          on_tick=None if live is None else
+                          lambda p, s: live.update(progress_table(p, s, time.monotonic() - started)))
     console.print(summary_table(summary))
     lines = [json.loads(x) for x in summary.variants.read_text(encoding="utf-8").splitlines()]
     kept = next((x for x in lines if x["status"] != "ori"), None)
@@ -102,7 +108,9 @@ def demo_command(
                   "mostly echoes its critique or copies the original, and the gates say so. For real data "
                   "point --oracle at a strong model, e.g. `reflectune recycle data.json --oracle "
                   "openai:gpt-4o-mini --verify openai:gpt-4o-mini`.", soft_wrap=False)
-    print_report(console, summary.run_dir, medians=True)
+    page = print_report(console, summary.run_dir, medians=True)
+    if as_json:
+        print_json("demo", summary, exit_code=summary.outcome.exit_code, report=page)
     finish(console, summary.outcome)
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shlex
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -125,3 +128,30 @@ def print_report(console: Console, folder: Any, *, medians: bool = False) -> str
             console.print(line)
     console.print(f"report:   {result.path}", soft_wrap=True)
     return str(result.path)
+
+
+def _plain(value: Any) -> Any:
+    """A summary as JSON-ready values: dataclasses and pydantic models as dicts, paths as strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def print_json(command: str, summary: Any, *, exit_code: int = 0, **extra: Any) -> None:
+    """``--json``: the command's summary as one JSON object on stdout (the tables went to stderr).
+
+    It carries the exit code the command is about to return, so a script reads one object whether
+    the run succeeded or failed some calls."""
+    body = {"command": command, "exit_code": exit_code, **_plain(summary), **_plain(extra)}
+    sys.stdout.write(json.dumps(body, ensure_ascii=False) + "\n")
+    sys.stdout.flush()

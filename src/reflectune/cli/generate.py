@@ -10,27 +10,34 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from reflectune.cli.display import finish
+from reflectune.cli.display import finish, print_json
 from reflectune.cli.options import (
     ORACLE,
     AllowInsecureHttp,
     ApiKeyEnv,
+    AsJson,
     BaseUrl,
     BatchSize,
     Concurrency,
     Device,
     Dtype,
+    ExtraBody,
+    Header,
     MaxCost,
     PriceIn,
     PriceOut,
     Quiet,
+    RequestRules,
     RetryFailed,
     Rpm,
     RunDir,
     Timeout,
     Tpm,
     shared_values,
+    warn_unknown_price,
+    with_http,
 )
+from reflectune.config import GenerateConfig
 
 
 def generate_command(
@@ -57,6 +64,9 @@ def generate_command(
     base_url: BaseUrl = None,
     api_key_env: ApiKeyEnv = ORACLE.api_key_env,
     allow_insecure_http: AllowInsecureHttp = False,
+    request_rules: RequestRules = ORACLE.request_rules,
+    extra_body: ExtraBody = None,
+    header: Header = None,
     timeout: Timeout = ORACLE.timeout,
     device: Device = None,
     dtype: Dtype = None,
@@ -72,11 +82,14 @@ def generate_command(
     price_out: PriceOut = None,
     retry_failed: RetryFailed = False,
     quiet: Quiet = False,
+    as_json: AsJson = False,
 ) -> None:
     """Answer the papers' test sets (or any prompts file) with a model: greedy, 1,024 new tokens."""
     from reflectune.generation.run import generate
 
     console = Console(stderr=True)
+    http = with_http(GenerateConfig, "model", locals())
+    warn_unknown_price(console, model, locals())
     bar = Progress(TextColumn("generate"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console,
                    transient=True, disable=quiet)
@@ -90,7 +103,7 @@ def generate_command(
         summary = generate(output, model=model, testset=testset, prompts_file=prompts_file, fields=fields,
                            limit=limit, run_dir=run_dir, generator=generator, alpaca_eval=alpaca_eval,
                            max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                           template=template, progress=on_progress, **shared_values(locals()))
+                           template=template, progress=on_progress, config=http, **shared_values(locals()))
     table = Table(title=f"generate: {summary.generator}", header_style="bold")
     table.add_column("test set")
     table.add_column("answers", justify="right")
@@ -111,6 +124,8 @@ def generate_command(
             console.print(f"[red]failed[/red] {error['dataset']}/{error['id']}: {error['error']}")
         console.print(f"[red]{summary.failed} generation(s) failed[/red]: written with an empty output and "
                       "an 'error' field (the judge skips them).")
+    if as_json:
+        print_json("generate", summary, exit_code=summary.outcome.exit_code)
     finish(console, summary.outcome)
 
 

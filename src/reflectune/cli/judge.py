@@ -10,21 +10,25 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from reflectune.cli.display import finish, print_report
+from reflectune.cli.display import finish, print_json, print_report
 from reflectune.cli.options import (
     ORACLE,
     AllowInsecureHttp,
     ApiKeyEnv,
+    AsJson,
     BaseUrl,
     BatchSize,
     Concurrency,
     Device,
     Dtype,
+    ExtraBody,
+    Header,
     MaxCost,
     PriceIn,
     PriceOut,
     Prompts,
     Quiet,
+    RequestRules,
     RetryFailed,
     Rpm,
     RunDir,
@@ -32,7 +36,10 @@ from reflectune.cli.options import (
     Tpm,
     WriteReport,
     shared_values,
+    warn_unknown_price,
+    with_http,
 )
+from reflectune.config import JudgeConfig
 
 
 def _score(value: float | None) -> str:
@@ -71,7 +78,8 @@ def judge_command(
     pair_by_id: bool = typer.Option(False, "--pair-by-id", help="Pair on (dataset, id) alone; by default "
                                     "a pair whose questions differ is an error."),
     run_dir: RunDir = None,
-    report: Path | None = typer.Option(None, help="JSON report (default: judge.json in the run folder)."),
+    report: Path | None = typer.Option(None, "-o", "--output", "--report", help="JSON report (default: "
+                                       "judge.json in the run folder)."),
     chart: Path | None = typer.Option(None, help="PNG chart (default: next to the report)."),
     no_chart: bool = typer.Option(False, "--no-chart", help="Do not draw the chart."),
     name_a: str | None = typer.Option(None, help="Label of A (default: its 'generator')."),
@@ -79,6 +87,9 @@ def judge_command(
     base_url: BaseUrl = None,
     api_key_env: ApiKeyEnv = ORACLE.api_key_env,
     allow_insecure_http: AllowInsecureHttp = False,
+    request_rules: RequestRules = ORACLE.request_rules,
+    extra_body: ExtraBody = None,
+    header: Header = None,
     timeout: Timeout = ORACLE.timeout,
     device: Device = None,
     dtype: Dtype = None,
@@ -97,12 +108,15 @@ def judge_command(
     by_category: bool = typer.Option(True, help="Also print the per-category table."),
     quiet: Quiet = False,
     html: WriteReport = True,
+    as_json: AsJson = False,
 ) -> None:
     """Compare two answer files with a pairwise LLM judge, both orders (win/tie/lose, winning score)."""
     from reflectune.judging.rules import Mode
     from reflectune.judging.run import judge as run_judge
 
     console = Console(stderr=True)
+    http = with_http(JudgeConfig, "judge", locals())
+    warn_unknown_price(console, judge, locals())
     bar = Progress(TextColumn("judge"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console,
                    transient=True, disable=quiet)
@@ -113,7 +127,7 @@ def judge_command(
                    info=f"calls {stats.sent} cached {stats.cached} failed {stats.failed}")
 
     with bar:
-        result = run_judge(answers_a, answers_b, judge=judge, mode=cast(Mode, mode),
+        result = run_judge(answers_a, answers_b, config=http, judge=judge, mode=cast(Mode, mode),
                            retry_unparsed=retry_unparsed,
                            max_tokens=max_tokens, run_dir=run_dir, report=report,
                            chart=False if no_chart else chart, name_a=name_a, name_b=name_b,
@@ -121,7 +135,7 @@ def judge_command(
                            pair_by="id" if pair_by_id else "question", **shared_values(locals()))
     data = result.data
     a, b = data["a"]["name"], data["b"]["name"]
-    out = Console()
+    out = console if as_json else Console()  # --json: stdout holds the one JSON object
     out.print(_tally_table(f"{a} vs {b} (judge {data['judge']}, {data['mode']}, both orders)",
                            data["by_dataset"], a, b, data["overall"]))
     if by_category:
@@ -153,8 +167,12 @@ def judge_command(
                   f"cost {'unknown' if cost is None else f'${cost:.4f}'}; {data['elapsed_s']:.1f} s")
     console.print(f"report: {result.report_path}" + (f"\nchart:  {result.chart_path}" if result.chart_path
                                                        else "") + f"\nreviews: {result.judgments_path}")
-    if html:
-        print_report(console, result.run_dir)
+    page = print_report(console, result.run_dir) if html else None
+    if as_json:
+        print_json("judge", {key: data[key] for key in ("a", "b", "judge", "mode", "overall", "by_dataset",
+                                                        "calls", "cost_usd", "elapsed_s") if key in data},
+                   exit_code=result.outcome.exit_code, run_dir=result.run_dir, output=result.report_path,
+                   chart=result.chart_path, reviews=result.judgments_path, report=page)
     finish(console, result.outcome)
 
 

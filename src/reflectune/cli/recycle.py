@@ -11,19 +11,22 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from reflectune.cli.display import finish, print_report, progress_table, summary_table
+from reflectune.cli.display import finish, print_json, print_report, progress_table, summary_table
 from reflectune.cli.options import (
     ENGINE,
     ORACLE,
     AllowInsecureHttp,
     ApiKeyEnv,
+    AsJson,
     BaseUrl,
     BatchSize,
     Concurrency,
     Context,
     Device,
     Dtype,
+    ExtraBody,
     Forcing,
+    Header,
     MaxAttempts,
     MaxCost,
     MaxFailureRate,
@@ -31,6 +34,7 @@ from reflectune.cli.options import (
     PriceOut,
     Prompts,
     Quiet,
+    RequestRules,
     RetryFailed,
     Rpm,
     RunDir,
@@ -39,8 +43,10 @@ from reflectune.cli.options import (
     WriteReport,
     engine_values,
     oracle_values,
+    warn_unknown_price,
 )
 from reflectune.config import RecycleConfig, SamplingConfig, gates_option, merged
+from reflectune.errors import ConfigError
 from reflectune.io import parse_fields
 
 SAMPLING = SamplingConfig()
@@ -65,13 +71,18 @@ def build_config(**o: Any) -> RecycleConfig:
 def recycle_command(
     input: Path = typer.Argument(..., help="Dataset: Alpaca JSON, JSONL, ShareGPT, Parquet, CSV, or a "
                                  "save_to_disk folder."),
-    output: Path | None = typer.Option(None, "-o", "--output", help="Recycled dataset (default: in the "
-                                       "run folder, in the input's format)."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Recycled dataset; its extension "
+                                       "decides the format, none: a datasets folder; - writes JSON lines "
+                                       "to standard output (default: in the run folder, in the input's "
+                                       "format)."),
     oracle: str = typer.Option(ORACLE.spec, help="embedded | openai:MODEL | hf:PATH | fake."),
     base_url: BaseUrl = None,
     api_key_env: ApiKeyEnv = ORACLE.api_key_env,
     allow_insecure_http: AllowInsecureHttp = False,
     forcing: Forcing = "off",
+    request_rules: RequestRules = ORACLE.request_rules,
+    extra_body: ExtraBody = None,
+    header: Header = None,
     run_dir: RunDir = None,
     phases: str = typer.Option("instruction,response", help="instruction, response, or both."),
     input_merge: str = typer.Option("oracle", help="Merge a non-empty input into the instruction before "
@@ -81,7 +92,11 @@ def recycle_command(
     limit: int | None = typer.Option(None, help="Only the first N rows."),
     input_format: str | None = typer.Option(None, help="json | jsonl | csv | parquet | hf_disk instead of "
                                             "detecting it; needed to read - (standard input)."),
-    output_format: str | None = typer.Option(None, help="json | jsonl | parquet | csv | hf_disk."),
+    output_format: str | None = typer.Option(None, help="json | jsonl | parquet | csv | hf_disk: the format "
+                                             "of the default output, or of an -o name without a data "
+                                             "extension; it may not contradict -o's extension."),
+    split: str | None = typer.Option(None, help="The split to recycle of a DatasetDict save_to_disk folder "
+                                     "(needed when it has several)."),
     on_bad_record: str = typer.Option("error", help="error: stop on a bad row; skip: write it to "
                                       "rejects.jsonl."),
     temperature: float = typer.Option(SAMPLING.temperature),
@@ -119,15 +134,19 @@ def recycle_command(
     dry_run: bool = typer.Option(False, help="Estimate calls, tokens and cost; call nothing."),
     quiet: Quiet = False,
     html: WriteReport = True,
+    as_json: AsJson = False,
 ) -> None:
     """Reflect every (instruction, response) pair with an oracle LLM (Reflection-Tuning, V1)."""
     config = build_config(**locals())
     console = Console(stderr=True)
+    if as_json and output is not None and str(output) == "-":
+        raise ConfigError("--json and -o - both write to standard output: give -o a file, or drop --json")
     if dry_run:
-        _print_estimate(console, input, config, input_format)
+        _print_estimate(console, input, config, input_format, split)
         return
     from reflectune.recycling.run import recycle
 
+    warn_unknown_price(console, config.oracle.spec, config.oracle.model_dump() | config.engine.model_dump())
     live = None if quiet else Live(console=console, refresh_per_second=4, transient=True)
     started = time.monotonic()
 
@@ -139,23 +158,29 @@ def recycle_command(
         live.start()
     try:
         summary = recycle(input, output, config=config, run_dir=run_dir, on_tick=on_tick,
-                          input_format=input_format)
+                          input_format=input_format, split=split)
     finally:
         if live is not None:
             live.stop()
     console.print(summary_table(summary))
-    console.print(f"output:   {summary.output}\nvariants: {summary.variants}\nrun:      {summary.run_dir}")
+    written = f"standard output (a copy: {summary.output})" if str(output) == "-" else summary.output
+    console.print(f"output:   {written}\nvariants: {summary.variants}\nrun:      {summary.run_dir}")
     if summary.rejects:
         console.print(f"rejects:  {summary.rejects} ({summary.rejected} rows)")
-    if html:
-        print_report(console, summary.run_dir, medians=True)
+    page = print_report(console, summary.run_dir, medians=True) if html else None
+    if as_json:
+        print_json("recycle", summary, exit_code=summary.outcome.exit_code, report=page)
     finish(console, summary.outcome)
 
 
-def _print_estimate(console: Console, input: Path, config: RecycleConfig, input_format: str | None) -> None:
+def _print_estimate(console: Console, input: Path, config: RecycleConfig, input_format: str | None,
+                    split: str | None) -> None:
+    from reflectune.oracles.dry_run import DecodeProbe, duration, is_local, without_key
+    from reflectune.oracles.pricing import price_label
     from reflectune.recycling.run import estimate
 
-    est = estimate(input, config=config, input_format=input_format)
+    with without_key(config.oracle) as key_note:
+        est = estimate(input, config=config, input_format=input_format, split=split)
     table = Table(title=f"dry run: {input} with {config.oracle.spec}", show_header=False)
     approx = "" if est.exact_tokens else " (approx., 4 chars/token)"
     table.add_row("rows", f"{est.rows:,}")
@@ -164,8 +189,21 @@ def _print_estimate(console: Console, input: Path, config: RecycleConfig, input_
     table.add_row("completion tokens", f"~{est.completion_tokens_expected:,} expected, "
                   f"{est.completion_tokens_max:,} at most")
     low, high = est.cost(est.completion_tokens_expected), est.cost(est.completion_tokens_max)
-    table.add_row("cost (USD)", "unknown model price: pass --price-in/--price-out" if low is None
-                  else f"~${low:,.2f} expected, ${high:,.2f} at most")
+    listed = config.oracle.spec.startswith("openai:") and config.engine.price_in is None \
+        and config.engine.price_out is None
+    label = f" ({price_label()})" if listed else ""
+    table.add_row("cost (USD)", f"unknown model price{label}: pass --price-in/--price-out" if low is None
+                  else f"~${low:,.2f} expected, ${high:,.2f} at most{label}")
+    if is_local(config.oracle.spec) and est.rows:  # time is a local model's cost: measure it
+        rate = DecodeProbe().rate(config.oracle, est.first_prompt) if est.first_prompt else None
+        if rate is not None:
+            table.add_row("time (decoding)", f"~{duration(rate.seconds_for(est.completion_tokens_expected))} "
+                          f"expected, {duration(rate.seconds_for(est.completion_tokens_max))} at most; "
+                          f"{rate.describe()}")
+        else:
+            table.add_row("time (decoding)", "unknown: the probe could not run the model")
+    if key_note:
+        table.add_row("API key", key_note)
     console.print(table)
 
 

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from reflectune.cli.display import print_report
-from reflectune.cli.options import WriteReport
+from reflectune.cli.options import Quiet, WriteReport
 
 _ACTION_STYLE = {"run": "bold", "up to date": "green", "off": "dim", "outside": "dim"}
 
@@ -64,7 +64,7 @@ def run_command(
                                  "cost and (local models) a time estimate from a short probe."),
     no_probe: bool = typer.Option(False, "--no-probe", help="--dry-run without loading local models."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan or the result as JSON."),
-    quiet: bool = typer.Option(False, "-q", help="No per-stage progress lines."),
+    quiet: Quiet = False,
     html: WriteReport = True,
 ) -> None:
     """Run recycle -> score -> select -> train -> generate -> judge from one file, resuming."""

@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from reflectune.cli.options import Prompts
+from reflectune.cli.display import print_json
+from reflectune.cli.options import AsJson, Prompts, Quiet
 from reflectune.io import parse_fields
 
 STUDENT_HELP = "Student model: embedded | hf:PATH | a model folder | a .gguf file."
@@ -79,7 +80,8 @@ def score_command(
                                         "(default runs/<stem>-<student>-score)."),
     fields: str | None = typer.Option(None, help="Field mapping, e.g. instruction=prompt,output=completion."),
     prompts: Prompts = None,
-    quiet: bool = typer.Option(False, "-q", help="No progress bar."),
+    quiet: Quiet = False,
+    as_json: AsJson = False,
 ) -> None:
     """Score IFD and r-IFD of every candidate with a student model (resumable)."""
     from reflectune.errors import Interrupted
@@ -98,6 +100,8 @@ def score_command(
         raise typer.Exit(exc.exit_code) from None
     console.print(score_table(summary.manifest))
     console.print(f"scores: {summary.scores}\nrun:    {summary.run_dir}")
+    if as_json:
+        print_json("score", summary)
 
 
 def register(app: typer.Typer) -> None:

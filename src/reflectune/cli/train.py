@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from reflectune.cli.options import Prompts
+from reflectune.cli.display import print_json
+from reflectune.cli.options import AsJson, Prompts, Quiet
 from reflectune.training.rules import TrainConfig
 
 _D = TrainConfig()  # the defaults live in one place: the config
@@ -130,7 +131,8 @@ def train_command(
                                  "and a memory estimate; load no weights."),
     print_accelerate_config: str | None = typer.Option(
         None, help="Print the path of a shipped accelerate config (ddp | fsdp | zero2 | zero3) and exit."),
-    quiet: bool = typer.Option(False, "-q", help="No progress bar."),
+    quiet: Quiet = False,
+    as_json: AsJson = False,
 ) -> None:
     """Fine-tune a student on instruction data (TRL SFT; LoRA or full; multi-GPU via accelerate).
 
@@ -163,7 +165,9 @@ def train_command(
         from reflectune.training.plan import format_plan, plan_training
 
         plan = plan_training(data, base, fields=parsed_fields, **options)
-        Console().print(_plan_table(format_plan(plan)))
+        (console if as_json else Console()).print(_plan_table(format_plan(plan)))
+        if as_json:
+            print_json("train", {"dry_run": True, "plan": plan})
         return
     from reflectune.training.run import train
 
@@ -190,6 +194,8 @@ def train_command(
     if result.adapter_dir:
         console.print(f"adapter:  {result.adapter_dir}")
     console.print(f"run.json: {result.manifest}\nmetrics:  {result.metrics}")
+    if as_json:
+        print_json("train", result)
 
 
 def register(app: typer.Typer) -> None:

@@ -32,12 +32,14 @@ from reflectune.config import EngineConfig
 from reflectune.engine.limits import RateLimiter
 from reflectune.errors import Interrupted, OracleError, RateLimited, RunStopped, StoreError, final_failure
 from reflectune.keys import canonical_json
+from reflectune.logs import CALLS, get_logger
 from reflectune.oracles.base import Oracle, Prices
 from reflectune.oracles.pricing import cost_usd, with_overrides
 from reflectune.store.calls import CallRecord, Store
 from reflectune.types import ChatRequest
 
 DEFAULT_CONCURRENCY = 64
+log = get_logger(__name__)
 
 
 class _Unset:
@@ -158,6 +160,11 @@ class Engine:
             self._store_error = exc
             raise
         self._account(record)
+        if CALLS.handlers:  # one line per finished call, to the run's log.txt (and -vv)
+            CALLS.debug("%s %s %s sample=%s attempts=%d latency=%.3fs tokens=%d/%d%s", stage, key[:16],
+                             record.status, sample_id or "-", record.attempts, record.latency_s,
+                             record.prompt_tokens, record.completion_tokens,
+                             f" {record.error_kind}: {record.error}" if record.error else "")
         return record
 
     def _from_store(self, key: str) -> CallRecord | None:
@@ -187,6 +194,7 @@ class Engine:
         """Stop starting calls (a signal arrived); calls on the wire finish and are stored."""
         if self.interrupted_by is None:
             self.interrupted_by = reason
+            log.warning("stop: %s", reason)
         self._proven.set()
 
     def _check_stop(self) -> None:
@@ -198,6 +206,7 @@ class Engine:
                 and self.stats.cost >= self.config.max_cost:
             self.stop_reason = (f"cost cap reached (${self.stats.cost:.4f} >= ${self.config.max_cost:.4f}); "
                                 "rerun with a higher --max-cost to resume")
+            log.warning("stop: %s", self.stop_reason)
         if self.stop_reason is not None:
             raise RunStopped(self.stop_reason)
 
@@ -243,10 +252,15 @@ class Engine:
                     self._fatal(exc)
                 if not retryable or attempts >= self.config.max_attempts or self.stop_reason is not None:
                     reason = str(exc) if not retryable else f"{exc} (gave up after {attempts} attempts)"
+                    log.warning("%s call %s (sample %s) failed: %s: %s", stage, key[:16], sample_id or "-",
+                                exc.kind, reason)
                     return CallRecord(key, stage, "failed", None, None, 0, 0, 0.0, attempts,
                                       exc.kind, reason, (), sample_id)
                 self.stats.retries += 1
-                await self._sleep(self._backoff(attempts, exc))
+                wait = self._backoff(attempts, exc)
+                log.info("%s call %s (sample %s) attempt %d: %s: %s; retrying in %.2f s", stage, key[:16],
+                         sample_id or "-", attempts, exc.kind, exc, wait)
+                await self._sleep(wait)
                 continue
             self._succeeded = True
             if getattr(completion, "usage_estimated", False):
@@ -260,6 +274,7 @@ class Engine:
             self.stop_reason = (f"{exc}: no call can succeed as configured, so the run stopped at the "
                                 "first failed call; fix it and rerun to resume (finished calls are kept, "
                                 "failed ones are asked again)")
+            log.warning("stop: %s", self.stop_reason)
 
     def _backoff(self, attempt: int, exc: OracleError) -> float:
         if isinstance(exc, RateLimited) and exc.retry_after is not None:
@@ -289,3 +304,4 @@ class Engine:
                 f"{self.config.max_failure_rate:.0%}; last: {record.error}); "
                 "fix the cause and rerun to resume (failed calls are asked again unless final; "
                 "--retry-failed asks them all)")
+            log.warning("stop: %s", self.stop_reason)

@@ -37,11 +37,13 @@ from typing import Any
 from reflectune.config import EngineConfig, OracleConfig
 from reflectune.engine.runner import Engine
 from reflectune.errors import Interrupted, ReflectuneError, final_failure, stop_status
+from reflectune.logs import get_logger
 from reflectune.oracles import Oracle, make_oracle
 from reflectune.store import RunFolder, Store
 
 __all__ = ["RunOutcome", "Stage", "open_stage", "settle", "stop_status"]
 
+log = get_logger(__name__)
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
@@ -100,6 +102,7 @@ class Stage:
         """Rewrite this stage's manifest section with ``status`` (atomically)."""
         live = self.live() if self.live is not None else {}
         self.run.update_manifest(self.name, self.manifest | live | extra | {"status": status})
+        log.info("%s %s%s", self.name, status, "".join(f"; {k}={v}" for k, v in extra.items()))
 
     def outcome(self, produced: int, unit: str, *, also: Sequence[Engine] = ()) -> RunOutcome:
         """This run's outcome so far: the calls still failed (grouped by kind) and what it produced.
@@ -128,6 +131,7 @@ async def open_stage(name: str, folder: str | Path, oracle: OracleConfig, engine
     """
     with RunFolder(folder) as run:
         assert run.store is not None
+        log.info("%s: oracle %s; engine %s", name, oracle.canonical(), engine.canonical())
         backend = make_oracle(oracle, session=session)
         async with Engine(backend, run.store, engine) as calls:
             stage = Stage(name, run, backend, calls)

@@ -13,10 +13,7 @@ bounds from the pipeline's data (select keeps at most every row).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +21,7 @@ from typing import Any
 
 from reflectune.config import STAGES, OracleConfig, RunConfig
 from reflectune.errors import ConfigError, ReflectuneError
+from reflectune.oracles.dry_run import DecodeProbe, is_local, without_key
 from reflectune.pipeline.lineage import Lineage, fingerprint
 from reflectune.pipeline.run import _Pipeline, stage_range
 
@@ -31,7 +29,6 @@ __all__ = ["PlanRow", "plan"]
 
 #: Tokens a judge review takes (the papers' GPT-4 reviews average well under this).
 JUDGE_REVIEW_TOKENS = 300
-_PROBE_TOKENS = 24
 
 
 @dataclass
@@ -50,57 +47,11 @@ class PlanRow:
 
 @contextlib.contextmanager
 def _key_named(oracle: OracleConfig, row: PlanRow) -> Iterator[None]:
-    """Build an HTTP oracle for counting without its key: the dry run sends nothing, so an unset key
-    is only noted (the real run needs it)."""
-    name = oracle.api_key_env
-    if _local(oracle.spec) or os.environ.get(name):
+    """Build an HTTP oracle for counting without its key; an unset key is only noted."""
+    with without_key(oracle) as note:
+        if note:
+            row.details.append(note)
         yield
-        return
-    row.details.append(f"{name} is not set: the real run needs it")
-    os.environ[name] = "dry-run-placeholder-never-sent"
-    try:
-        yield
-    finally:
-        os.environ.pop(name, None)
-
-
-def _local(spec: str) -> bool:
-    return not spec.startswith(("openai:", "anthropic:"))
-
-
-class _Probe:
-    """Decode tokens/s of each local model, measured once on a real prompt."""
-
-    def __init__(self) -> None:
-        self.rates: dict[str, float | None] = {}
-
-    def rate(self, oracle: OracleConfig, prompt: str) -> float | None:
-        if not _local(oracle.spec):
-            return None
-        key = oracle.spec
-        if key not in self.rates:
-            self.rates[key] = asyncio.run(self._measure(oracle, prompt))
-        return self.rates[key]
-
-    async def _measure(self, oracle: OracleConfig, prompt: str) -> float | None:
-        from reflectune.oracles import make_oracle
-        from reflectune.types import ChatRequest, Message
-
-        backend = make_oracle(oracle)
-        try:
-            warm = ChatRequest(messages=(Message("user", "Hi"),), max_tokens=2, temperature=0.0)
-            await backend.complete([warm])  # loads the weights: not part of the rate
-            batch = [ChatRequest(messages=(Message("user", prompt[:2000]),), max_tokens=_PROBE_TOKENS,
-                                 temperature=0.0)] * max(1, oracle.batch_size)
-            began = time.monotonic()
-            done = await backend.complete(batch)
-            elapsed = time.monotonic() - began
-            tokens = sum(c.completion_tokens or 0 for c in done)
-            return tokens / elapsed if elapsed > 0 and tokens else None
-        except ReflectuneError:
-            return None
-        finally:
-            await backend.aclose()
 
 
 def plan(config: RunConfig, *, start: str | None = None, until: str | None = None,
@@ -110,9 +61,8 @@ def plan(config: RunConfig, *, start: str | None = None, until: str | None = Non
     folder = Path(config.run_dir or "runs/pipeline")
     lineage = Lineage(folder, config.model_dump(mode="json"), config.config_hash(), None)
     pipe = _Pipeline(config, folder, lineage)
-    probes = _Probe() if probe else None
+    probes = DecodeProbe() if probe else None
     rows: list[PlanRow] = []
-    first_prompt = ""
     data_rows: int | None = None
     judge_pairs: int | None = None
     for name in STAGES:
@@ -135,7 +85,6 @@ def plan(config: RunConfig, *, start: str | None = None, until: str | None = Non
             with _key_named(step.oracle, row):
                 est = estimate(data, config=step.stage())
             data_rows = est.rows
-            first_prompt = _first_instruction(data)
             row.rows = f"{est.rows:,}"
             row.details.append(f"{est.calls:,} calls, {est.prompt_tokens:,} prompt tokens, "
                                f"~{est.completion_tokens_expected:,} completion tokens expected "
@@ -144,10 +93,10 @@ def plan(config: RunConfig, *, start: str | None = None, until: str | None = Non
             if row.cost is not None:
                 row.details.append(f"cost ~${row.cost:,.2f} expected, at most "
                                    f"${est.cost(est.completion_tokens_max) or 0:,.2f}")
-            rate = probes.rate(step.oracle, first_prompt) if probes else None
+            rate = probes.rate(step.oracle, est.first_prompt) if probes and est.first_prompt else None
             if rate:
-                row.seconds = est.completion_tokens_expected / rate
-                row.details.append(f"probe: {rate:,.0f} tok/s decoding")
+                row.seconds = rate.seconds_for(est.completion_tokens_expected)
+                row.details.append(rate.describe())
         elif name == "score":
             n = data_rows if data_rows is not None else _count(pipe.score_source()[0])
             candidates = 4 if config.recycle.enabled else 1
@@ -187,13 +136,12 @@ def plan(config: RunConfig, *, start: str | None = None, until: str | None = Non
             row.details.append(f"{calls:,} calls ({models} model(s): trained"
                                f"{', baseline ' + str(pipe.baseline_model()) if models > 1 else ''}), "
                                f"at most {calls * step.max_tokens:,} new tokens")
-            if probes and _local(pipe.base()) and items:
+            if probes and is_local(pipe.base()) and items:
                 rate = probes.rate(OracleConfig(spec=pipe.base(), batch_size=step.model.batch_size),
                                    items[0].instruction)
                 if rate:
-                    row.seconds = calls * step.max_tokens / rate
-                    row.details.append(f"probe: {rate:,.0f} tok/s decoding (an upper bound: answers "
-                                       "stop early)")
+                    row.seconds = rate.seconds_for(calls * step.max_tokens)
+                    row.details.append(f"{rate.describe()}; an upper bound: answers stop early")
             judge_pairs = len(items)
         elif name == "judge":
             pairs = judge_pairs
@@ -234,14 +182,6 @@ def _count(path: Path) -> int | None:
         return sum(1 for s in read_samples(str(path)) if not s.passthrough)
     except (ReflectuneError, OSError):
         return None
-
-
-def _first_instruction(path: Path) -> str:
-    from reflectune.io import read_samples
-
-    for sample in read_samples(str(path)):
-        return sample.instruction
-    return ""
 
 
 def format_plan(rows: list[PlanRow]) -> list[dict[str, Any]]:

@@ -27,11 +27,13 @@ from typing import Any
 from reflectune.contracts import MANIFEST_FILE
 from reflectune.errors import StoreError
 from reflectune.io.atomic import write_json_atomic
+from reflectune.logs import get_logger, run_log
 from reflectune.store.calls import Store, recovery_hint
 from reflectune.store.lock import RunLock
 
 MANIFEST = MANIFEST_FILE
 STORE = "store.sqlite"
+log = get_logger(__name__)
 
 
 def default_run_dir(input_path: str | os.PathLike[str], oracle_spec: str, stage: str = "", *,
@@ -73,12 +75,19 @@ class RunFolder:
         self._lock = RunLock(self.path)
         self._check_calls = check_calls
         self.store: Store | None = None
+        self._log = contextlib.ExitStack()
 
     def __enter__(self) -> RunFolder:
         self._lock.acquire()
         try:
+            self._log.enter_context(run_log(self.path))
+            log.info("opened %s (pid %d, reflectune %s)", self.path, os.getpid(),
+                     versions().get("reflectune", "?"))
             self.store = self._open_store()
-        except BaseException:
+        except BaseException as exc:
+            if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                log.error("%s", exc)
+            self._log.close()
             self._lock.release()
             raise
         return self
@@ -119,9 +128,14 @@ class RunFolder:
         return StoreError(f"{self.path}: {MANIFEST} records {calls} ({section}) but {what}; refusing "
                           f"to start over and buy them again; {recovery_hint(path, missing=missing)}")
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, *_: object) -> None:
         if self.store is not None:
             self.store.close()
+        if exc is not None:
+            log.warning("closed %s: %s: %s", self.path, kind.__name__ if kind else "error", exc)
+        else:
+            log.info("closed %s", self.path)
+        self._log.close()
         self._lock.release()
 
     def file(self, name: str) -> Path:
