@@ -423,6 +423,16 @@ class ScoreConfig(_Frozen):
     threads: int | None = None
     rifd: bool | None = None
     prompts_dir: str | None = None
+    #: the split of a DatasetDict folder to score (None: the folder has one; left out of the JSON dump
+    #: while None)
+    split: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _stable_json(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        data = handler(self)
+        if info.mode_is_json() and isinstance(data, dict) and self.split is None:
+            data.pop("split", None)  # settings from before the field hash as they did
+        return data
 
 
 class SelectConfig(_Frozen):

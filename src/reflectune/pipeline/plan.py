@@ -5,7 +5,9 @@ For each stage: whether it would run or is up to date (the same fingerprints as 
 and its work: calls, tokens and cost for the oracle stages (from ``recycling.estimate`` and the test
 sets), the batch arithmetic and steps for training. For a local model, a short measured probe (a few
 greedy tokens on the real first prompt, once per model) turns tokens into a time estimate; those
-times are rough (decode speed varies with length and batch), and say so.
+times are rough (decode speed varies with length and batch), and say so. The score stage, when its
+source exists, is planned by ``scoring.plan.plan_score``: the real computations, counted with the
+student's tokenizer and the store, timed by a probe on a few of them.
 
 Stages after a stage that has not run read outputs that do not exist yet; their figures are then
 bounds from the pipeline's data (select keeps at most every row).
@@ -97,7 +99,9 @@ def plan(config: RunConfig, *, start: str | None = None, until: str | None = Non
             if rate:
                 row.seconds = rate.seconds_for(est.completion_tokens_expected)
                 row.details.append(rate.describe())
-        elif name == "score":
+        elif name == "score" and _score_source_ready(pipe, rows):
+            _plan_score_row(row, pipe, probe=probe and row.action == "run")
+        elif name == "score":  # its source is written by a recycle that has not run: bounds
             n = data_rows if data_rows is not None else _count(pipe.score_source()[0])
             candidates = 4 if config.recycle.enabled else 1
             rifd = step.rifd if step.rifd is not None else config.recycle.enabled
@@ -161,6 +165,36 @@ def plan(config: RunConfig, *, start: str | None = None, until: str | None = Non
                                    f"{step.max_tokens or JUDGE_REVIEW_TOKENS} review tokens each)")
         rows.append(row)
     return rows
+
+
+def _score_source_ready(pipe: _Pipeline, rows: list[PlanRow]) -> bool:
+    """Whether score's source exists now and no stage of this plan rewrites it first (a recycle to run)."""
+    from reflectune.store.inputs import is_run_folder
+
+    src, _ = pipe.score_source()
+    rewritten = pipe.c.score.input is None and pipe.c.recycle.enabled and any(
+        r.stage == "recycle" and r.action == "run" for r in rows)
+    return not rewritten and (is_run_folder(src) or (src != pipe.recycle_folder() and src.exists()))
+
+
+def _plan_score_row(row: PlanRow, pipe: _Pipeline, *, probe: bool) -> None:
+    """The score row from ``plan_score``: the run's real computations, counted with the student's
+    tokenizer and looked up in the store, and (``probe``) a measured time estimate."""
+    from reflectune.scoring.plan import plan_score
+
+    src, folder = pipe.score_source()
+    step = pipe.c.score
+    p = plan_score(src, step.stage(), run_dir=folder, probe=probe)
+    row.rows = f"{p.samples:,}"
+    row.details.append(f"{p.candidates:,} candidates ({'IFD and r-IFD' if p.rifd else 'IFD'}), student "
+                       f"{p.student}, {p.template} template, {p.dtype} on {p.device}")
+    row.details.append(f"{p.new:,} computations to run ({p.tokens:,} tokens), "
+                       f"{p.from_store:,} from the store")
+    if p.new and p.seconds is not None:
+        row.seconds = p.seconds
+        row.details.append(f"time {p.estimate()}")
+    if p.probe is not None:
+        row.details.append(f"probe: {p.probe.describe()}; model load {p.probe.load_seconds:.1f} s")
 
 
 def _judge_cost(judge: OracleConfig, calls: int, review_tokens: int) -> float | None:

@@ -185,6 +185,14 @@ class Tokenized:
                 self.prompt(self.guess(output)), question_text(instruction, input))
         return CandidateItems(items)
 
+    def chunk(self, candidates: Sequence[tuple[str, str, str]], *, rifd: bool = True) -> list[CandidateItems]:
+        """The items of a chunk of candidates, every text tokenized in one batched call, then forgotten
+        (the scorer and the dry run's count build items through here alike)."""
+        self.encode_all(text for c in candidates for text in self.texts_of(*c, rifd=rifd))
+        built = [self.candidate(*c, rifd=rifd) for c in candidates]
+        self.clear()
+        return built
+
     def texts_of(self, instruction: str, input: str, output: str, *, rifd: bool = True) -> list[str]:
         """Every text ``candidate`` will tokenize, for one batched ``encode_all`` per chunk."""
         texts = [self.prompt(instruction, input), output]

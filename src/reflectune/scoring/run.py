@@ -18,6 +18,9 @@ The ``score`` section of run.json records what was scored: ``inputs`` holds the 
 ``variants.jsonl`` (or dataset) bytes, so ``select`` can tell stale scores from fresh ones; and every
 variant entry of ``scores.jsonl`` ends with ``text_key``, a short hash of the texts it was computed
 for, so no row is ever written with a score computed for other text.
+
+Every check comes before the folder is opened, in ``prepare``, which the dry run
+(``scoring.plan.plan_score``) calls too: a dry run refuses what a run refuses, with the same line.
 """
 
 from __future__ import annotations
@@ -43,8 +46,10 @@ from reflectune.errors import ConfigError, DataError, Interrupted, ReflectuneErr
 from reflectune.io.atomic import atomic_open
 from reflectune.io.jsonl import read_jsonl
 from reflectune.keys import text_key
-from reflectune.scoring.rules import precision_key, score_namespace
+from reflectune.models.source import ModelSource
+from reflectune.scoring.rules import precision_key, score_namespace, scoring_dtype
 from reflectune.scoring.scorer import IFDScorer, ScorerStats
+from reflectune.store.calls import Store
 from reflectune.store.inputs import input_hashes, is_run_folder
 from reflectune.store.rundir import RunFolder, default_run_dir
 
@@ -194,6 +199,150 @@ def _count(records: Iterator[_Record]) -> int:
     return sum(1 for _ in records)
 
 
+@dataclass(frozen=True)
+class ScoreSetup:
+    """What a score run is, decided and checked before any weight loads: ``score()`` and its dry run
+    (``scoring.plan.plan_score``) both start here, so the dry run refuses exactly what a run refuses.
+
+    ``source`` is what is read: the run folder, the dataset, or the split's folder of a dataset dict.
+    """
+
+    config: ScoreConfig
+    source: Path
+    mode: str
+    folder: Path
+    with_rifd: bool
+    model_source: ModelSource
+    fingerprint: str
+    device: str
+    dtype: str
+    #: why this dtype (``scoring.rules.scoring_dtype``), shown and recorded
+    dtype_reason: str
+    namespace: str
+
+    def records(self) -> Iterator[_Record]:
+        """The samples, streamed from the source (each call reads it again)."""
+        if self.mode == "variants":
+            return _iter_variants(self.source / VARIANTS_FILE)
+        return _iter_dataset(self.source, self.config.fields, self.config.fmt)
+
+    def manifest(self, inputs: Mapping[str, str]) -> dict[str, Any]:
+        """run.json's ``score`` section as the run starts (``inputs``: what ``input_hashes`` gave)."""
+        c = self.config
+        section: dict[str, Any] = {
+            "student": c.student, "fingerprint": self.fingerprint, "template": c.template,
+            "max_length": c.max_length, "batch_tokens": c.batch_tokens, "dtype": self.dtype,
+            "dtype_reason": self.dtype_reason, "device": self.device, "backend": c.backend,
+            "namespace": self.namespace, "mode": self.mode,
+            "threads": c.threads, "rifd": self.with_rifd, "source": str(self.source.resolve()),
+            "inputs": dict(inputs), "selection_metric": SELECTION_METRIC}
+        if self.mode == "cherry":
+            from reflectune.io import detect_format
+
+            section["input"] = {"path": str(self.source.resolve()),
+                                "format": c.fmt or detect_format(self.source),
+                                "fields": dict(c.fields or {}), **({"split": c.split} if c.split else {})}
+        return section
+
+
+def score_config(config: ScoreConfig | None, options: Mapping[str, Any]) -> ScoreConfig:
+    """``config`` (or the defaults) with the keyword options given (None: keep the config's)."""
+    return merged(ScoreConfig, config, options)
+
+
+def prepare(source: str | os.PathLike[str], config: ScoreConfig,
+            run_dir: str | os.PathLike[str] | None = None) -> ScoreSetup:
+    """Check the options and the source, and decide the mode, folder, device, dtype and namespace.
+
+    Reads nothing but the source's kind and the model's identity; writes nothing.
+
+    Raises:
+        ConfigError: a bad option, or one that contradicts the source (``--no-rifd`` or ``--run-dir``
+            on a run folder, ``--backend vllm`` without a CUDA GPU or with a GGUF file).
+        DataError: the source does not exist.
+    """
+    from reflectune.models import model_fingerprint, pick_device, pick_dtype, resolve_model
+    from reflectune.prompts.student import STUDENT_TEMPLATES
+
+    c = config
+    if c.template not in STUDENT_TEMPLATES:
+        raise ConfigError(f"unknown template '{c.template}': choose one of {', '.join(STUDENT_TEMPLATES)}")
+    if c.backend not in BACKENDS:
+        raise ConfigError(f"unknown backend '{c.backend}': choose one of {', '.join(BACKENDS)}")
+    if (c.max_length < 2 or c.batch_tokens < 1 or c.chunk_size < 1
+            or (c.threads is not None and c.threads < 1)):
+        raise ConfigError("max_length must be >= 2; batch_tokens, chunk_size and threads >= 1")
+    if c.dtype not in (None, "auto", "bfloat16", "float16", "float32"):
+        raise ConfigError(f"unknown dtype '{c.dtype}': choose bfloat16, float16 or float32")
+    src = Path(source)
+    if is_run_folder(src):
+        mode = "variants"
+        if c.rifd is False:
+            raise ConfigError(f"{src} is a run folder: selection needs r-IFD, drop --no-rifd")
+        if run_dir is not None and Path(run_dir).resolve() != src.resolve():
+            raise ConfigError(f"{src} is a run folder: scores go there, drop --run-dir")
+        if c.split is not None:
+            raise ConfigError(f"--split {c.split}: {src} is a run folder, which has no splits; drop --split")
+        folder = read = src
+    else:
+        if not src.exists():
+            raise DataError("no such file or run folder", path=str(src))
+        mode = "cherry"
+        read, like = src, src
+        if c.split is not None:  # one split of a dataset dict: read (and recorded) as its own folder
+            from reflectune.io.readers import open_input
+
+            with open_input(src, fmt=c.fmt, split=c.split) as chosen:
+                read, like = chosen.path, chosen.like
+        folder = Path(run_dir) if run_dir is not None else default_run_dir(like, c.student, "score")
+
+    with_rifd = mode == "variants" if c.rifd is None else c.rifd
+    model_source = resolve_model(c.student)
+    fingerprint = model_fingerprint(model_source)
+    chosen_device = pick_device(c.device)
+    chosen_dtype, dtype_why = scoring_dtype(
+        chosen_device, c.dtype, pick_dtype(chosen_device) if chosen_device.startswith("cuda") else "bfloat16")
+    if c.backend == "vllm" and not chosen_device.startswith("cuda"):
+        raise ConfigError(f"--backend vllm needs a CUDA GPU; the device here is {chosen_device}")
+    if c.backend == "vllm" and model_source.gguf_file:
+        raise ConfigError(f"{c.student}: --backend vllm takes a model folder, not a GGUF file")
+    if c.backend == "vllm":
+        from reflectune.scoring.vllm_losses import require_vllm
+
+        require_vllm()
+    namespace = score_namespace(fingerprint, c.template, c.max_length,
+                                precision_key(chosen_dtype, c.batch_tokens, c.backend))
+    return ScoreSetup(config=c, source=read, mode=mode, folder=folder, with_rifd=with_rifd,
+                      model_source=model_source, fingerprint=fingerprint, device=chosen_device,
+                      dtype=chosen_dtype, dtype_reason=dtype_why, namespace=namespace)
+
+
+def make_scorer(setup: ScoreSetup, tokenizer: Any, load_model: Callable[[], Any], *,
+                store: Store | None, on_batch: Callable[[ScorerStats], None] | None = None) -> IFDScorer:
+    """The scorer of ``setup``, as a run builds it (the dry run's probe builds the same one)."""
+    c = setup.config
+    compute = None
+    if c.backend == "vllm":
+        from reflectune.scoring.vllm_losses import VLLMLosses
+
+        compute = VLLMLosses(str(setup.model_source.path), dtype=setup.dtype, max_length=c.max_length)
+    try:
+        return IFDScorer(tokenizer, load_model=load_model, template=c.template, max_length=c.max_length,
+                         batch_tokens=c.batch_tokens, store=store, namespace=setup.namespace,
+                         on_batch=on_batch, compute=compute, prompts_dir=c.prompts_dir)
+    except ValueError as exc:  # e.g. the chat template on a tokenizer that has none
+        raise ConfigError(f"{c.student}: {exc}") from None
+
+
+def load_student(setup: ScoreSetup) -> Any:
+    """The student's weights on the chosen device, in the chosen dtype, with ``threads`` set first."""
+    from reflectune.models import import_torch, load_causal_lm
+
+    if setup.config.threads is not None:
+        import_torch().set_num_threads(setup.config.threads)
+    return load_causal_lm(setup.config.student, device=setup.device, dtype=setup.dtype)[0]
+
+
 def score(source: str | os.PathLike[str], config: ScoreConfig | None = None, *,
           run_dir: str | os.PathLike[str] | None = None,
           progress: Callable[[ScoreProgress], None] | None = None,
@@ -201,7 +350,7 @@ def score(source: str | os.PathLike[str], config: ScoreConfig | None = None, *,
           batch_tokens: int | None = None, dtype: str | None = None, device: str | None = None,
           backend: str | None = None, fields: Mapping[str, str] | None = None, fmt: str | None = None,
           chunk_size: int | None = None, threads: int | None = None, rifd: bool | None = None,
-          prompts_dir: str | None = None) -> ScoreSummary:
+          prompts_dir: str | None = None, split: str | None = None) -> ScoreSummary:
     """Score IFD and r-IFD of every candidate with a student model (METHOD.md §5.1), resumably.
 
     Args:
@@ -216,6 +365,8 @@ def score(source: str | os.PathLike[str], config: ScoreConfig | None = None, *,
         backend: ``hf`` (transformers) or ``vllm`` (prompt logprobs on a CUDA GPU; untested, see
             ``scoring/vllm_losses.py``).
         fields, fmt: how to read a dataset source (as for ``read_samples``).
+        split: the split to score of a ``DatasetDict`` folder (needed when it has several); its own
+            folder is then the source recorded in run.json, and names the default run folder.
         chunk_size: samples tokenized and packed together (bigger packs tighter, holds more memory).
         threads: CPU threads for torch (process-wide; default torch's, one per core). On a busy
             shared machine fewer threads can be much faster (see docs/selection.md).
@@ -234,82 +385,28 @@ def score(source: str | os.PathLike[str], config: ScoreConfig | None = None, *,
         summary = score("runs/alpaca-embedded", student="embedded")
         summary.scores  # runs/alpaca-embedded/scores.jsonl
     """
-    from reflectune.models import (
-        import_torch,
-        load_causal_lm,
-        load_tokenizer,
-        model_fingerprint,
-        pick_device,
-        pick_dtype,
-        resolve_model,
-    )
-    from reflectune.prompts.student import STUDENT_TEMPLATES
+    from reflectune.models import load_tokenizer
 
-    config = merged(ScoreConfig, config, {
+    config = score_config(config, {
         "student": student, "template": template, "max_length": max_length, "batch_tokens": batch_tokens,
         "dtype": dtype, "device": device, "backend": backend, "fields": fields, "fmt": fmt,
-        "chunk_size": chunk_size, "threads": threads, "rifd": rifd, "prompts_dir": prompts_dir})
-    student, template, max_length = config.student, config.template, config.max_length
-    batch_tokens, dtype, device, backend = config.batch_tokens, config.dtype, config.device, config.backend
-    fields, fmt, chunk_size, threads = config.fields, config.fmt, config.chunk_size, config.threads
-    rifd, prompts_dir = config.rifd, config.prompts_dir
+        "chunk_size": chunk_size, "threads": threads, "rifd": rifd, "prompts_dir": prompts_dir,
+        "split": split})
     started = time.monotonic()
-    if template not in STUDENT_TEMPLATES:
-        raise ConfigError(f"unknown template '{template}': choose one of {', '.join(STUDENT_TEMPLATES)}")
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
-    if max_length < 2 or batch_tokens < 1 or chunk_size < 1 or (threads is not None and threads < 1):
-        raise ConfigError("max_length must be >= 2; batch_tokens, chunk_size and threads >= 1")
-    if dtype not in (None, "auto", "bfloat16", "float16", "float32"):
-        raise ConfigError(f"unknown dtype '{dtype}': choose bfloat16, float16 or float32")
-    src = Path(source)
-    if is_run_folder(src):
-        mode = "variants"
-        if rifd is False:
-            raise ConfigError(f"{src} is a run folder: selection needs r-IFD, drop --no-rifd")
-        if run_dir is not None and Path(run_dir).resolve() != src.resolve():
-            raise ConfigError(f"{src} is a run folder: scores go there, drop --run-dir")
-        folder = src
-
-        def records() -> Iterator[_Record]:
-            return _iter_variants(src / VARIANTS_FILE)
-    else:
-        if not src.exists():
-            raise DataError("no such file or run folder", path=str(src))
-        mode = "cherry"
-        folder = Path(run_dir) if run_dir is not None else default_run_dir(src, student, "score")
-
-        def records() -> Iterator[_Record]:
-            return _iter_dataset(src, fields, fmt)
-
-    with_rifd = mode == "variants" if rifd is None else rifd
-    model_source = resolve_model(student)
-    fingerprint = model_fingerprint(model_source)
-    chosen_device = pick_device(device)
-    chosen_dtype = pick_dtype(chosen_device, dtype)
-    if backend == "vllm" and not chosen_device.startswith("cuda"):
-        raise ConfigError(f"--backend vllm needs a CUDA GPU; the device here is {chosen_device}")
-    namespace = score_namespace(fingerprint, template, max_length,
-                                precision_key(chosen_dtype, batch_tokens, backend))
-    inputs = input_hashes(src)  # before the first read: a later edit shows up as a text_key mismatch
+    ready = prepare(source, config, run_dir)
+    folder, records, with_rifd, chunk_size = ready.folder, ready.records, ready.with_rifd, config.chunk_size
+    inputs = input_hashes(ready.source)  # before the first read: a later edit shows up as a text_key mismatch
     total = _count(records())
-    setup = {"student": student, "fingerprint": fingerprint, "template": template,
-             "max_length": max_length, "batch_tokens": batch_tokens, "dtype": chosen_dtype,
-             "device": chosen_device, "backend": backend, "namespace": namespace, "mode": mode,
-             "threads": threads, "rifd": with_rifd,
-             "source": str(src.resolve()), "inputs": inputs, "selection_metric": SELECTION_METRIC}
-    if mode == "cherry":
-        from reflectune.io import detect_format
-
-        setup["input"] = {"path": str(src.resolve()), "format": fmt or detect_format(src),
-                          "fields": dict(fields or {})}
+    setup = ready.manifest(inputs)
 
     with _StopOnSignal() as stop, RunFolder(folder, check_calls=False) as run:  # no oracle call
         assert run.store is not None
         _remove_temporaries(folder)  # a killed score's: we hold the lock, so no live writer has them
         run.update_manifest("score", {**setup, "status": "running"})
+        if progress is not None:  # the checks passed and the run has begun: a progress display may start
+            progress(ScoreProgress(0, total, 0, 0, 0, 0.0))
         try:
-            tokenizer = load_tokenizer(model_source)
+            tokenizer = load_tokenizer(ready.model_source)
             done_samples = 0
             chunk_mark = {"tokens": 0, "size": 0}
 
@@ -322,26 +419,11 @@ def score(source: str | os.PathLike[str], config: ScoreConfig | None = None, *,
                                        stats.cached, stats.tokens, stats.tokens_per_s))
 
             def load_model() -> Any:
-                if threads is not None:
-                    import_torch().set_num_threads(threads)
-                model = load_causal_lm(student, device=chosen_device, dtype=chosen_dtype)[0]
+                model = load_student(ready)
                 stop.check()  # loading can be long: a signal during it stops before the first batch
                 return model
 
-            compute = None
-            if backend == "vllm":
-                from reflectune.scoring.vllm_losses import VLLMLosses
-
-                if model_source.gguf_file:
-                    raise ConfigError(f"{student}: --backend vllm takes a model folder, not a GGUF file")
-                compute = VLLMLosses(str(model_source.path), dtype=chosen_dtype, max_length=max_length)
-            try:
-                scorer = IFDScorer(tokenizer, load_model=load_model, template=template,
-                                   max_length=max_length, batch_tokens=batch_tokens, store=run.store,
-                                   namespace=namespace, on_batch=on_batch, compute=compute,
-                                   prompts_dir=prompts_dir)
-            except ValueError as exc:  # e.g. the chat template on a tokenizer that has none
-                raise ConfigError(f"{student}: {exc}") from None
+            scorer = make_scorer(ready, tokenizer, load_model, store=run.store, on_batch=on_batch)
             stop.stats = scorer.stats
             counts: Counter[str] = Counter()
             out_path = run.file(SCORES_FILE)
@@ -380,15 +462,15 @@ def score(source: str | os.PathLike[str], config: ScoreConfig | None = None, *,
                     "seconds": round(seconds, 2), **scorer.stats.to_json(),
                     "scores": SCORES_FILE}
         run.update_manifest("score", manifest)
-    return ScoreSummary(run_dir=folder, scores=out_path, mode=mode, samples=done_samples,
+    return ScoreSummary(run_dir=folder, scores=out_path, mode=ready.mode, samples=done_samples,
                         candidates=counts["candidates"], computed=scorer.stats.computed,
                         cached=scorer.stats.cached, nan=nan, seconds=seconds,
                         tokens_per_s=scorer.stats.tokens_per_s, manifest=manifest)
 
 
-def _score_chunk(scorer: IFDScorer, chunk: list[_Record], out: Any, counts: Counter[str],
-                 rifd: bool) -> None:
-    """Score one chunk's available candidates and append one line per sample."""
+def available(chunk: list[_Record]) -> tuple[list[tuple[int, str]], list[tuple[str, str, str]]]:
+    """The candidates of a chunk that get scored (status ``ok``): where each is (record index, variant
+    name), and its (instruction, input, output)."""
     where: list[tuple[int, str]] = []
     triples: list[tuple[str, str, str]] = []
     for index, record in enumerate(chunk):
@@ -396,6 +478,18 @@ def _score_chunk(scorer: IFDScorer, chunk: list[_Record], out: Any, counts: Coun
             if status == "ok":
                 where.append((index, name))
                 triples.append((instruction, input, output))
+    return where, triples
+
+
+def unavailable(chunk: list[_Record]) -> int:
+    """Variants of a chunk that exist but failed (not scored)."""
+    return sum(1 for r in chunk for v in r.variants.values() if v[0] not in ("ok", "missing"))
+
+
+def _score_chunk(scorer: IFDScorer, chunk: list[_Record], out: Any, counts: Counter[str],
+                 rifd: bool) -> None:
+    """Score one chunk's available candidates and append one line per sample."""
+    where, triples = available(chunk)
     scores = scorer.score(triples, rifd=rifd) if triples else []
     lines: list[dict[str, Any]] = [
         {"id": r.id, "row": r.row,
@@ -408,8 +502,7 @@ def _score_chunk(scorer: IFDScorer, chunk: list[_Record], out: Any, counts: Coun
         counts["nan_ifd"] += s.ifd is None
         counts["nan_rifd"] += s.with_rifd and s.rifd is None
         counts["nan_losses"] += sum(v is None for v in s.losses)
-    counts["unavailable"] += sum(1 for r in chunk for v in r.variants.values()
-                                 if v[0] not in ("ok", "missing"))
+    counts["unavailable"] += unavailable(chunk)
     for record, line in zip(chunk, lines, strict=True):
         for name, entry in line["variants"].items():
             if entry["status"] == "ok":  # a scored candidate: the texts its numbers belong to

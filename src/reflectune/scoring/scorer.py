@@ -114,6 +114,12 @@ class IFDScorer:
             self._heads = HeadCache(self.model)
         return self.model
 
+    @property
+    def shares_heads(self) -> bool:
+        """Whether batches skip their shared template head (known once the model is loaded): then a
+        batch's work is its rows x its longest item after the head, else x its longest item."""
+        return self._heads is not None and self._heads.enabled
+
     def _count(self, key: str) -> bool:
         """True the first time this scorer meets ``key`` (so counters count unique items)."""
         digest = bytes.fromhex(key[:32])
@@ -165,7 +171,7 @@ class IFDScorer:
                 self.store.put_results(self.namespace, rows)
             self.stats.batches += 1
             self.stats.tokens += sum(len(i) for i in batch)
-            shared = self._heads is not None and self._heads.enabled
+            shared = self.shares_heads
             self.stats.model_tokens += sum(i.work if shared else len(i) for i in batch)
             self.stats.padded_tokens += len(batch) * max(i.work if shared else len(i) for i in batch)
             if self.on_batch is not None:
@@ -178,10 +184,7 @@ class IFDScorer:
 
         ``rifd=False`` computes IFD's two losses only (about half the work): enough to rank by IFD.
         """
-        tokens = self.tokens
-        tokens.encode_all(text for c in candidates for text in tokens.texts_of(*c, rifd=rifd))
-        built = [tokens.candidate(*c, rifd=rifd) for c in candidates]
-        tokens.clear()
+        built = self.tokens.chunk(candidates, rifd=rifd)
         values = self.losses([item for b in built for item in b.items.values()])
         names = STATS if rifd else IFD_STATS
         return [CandidateScores(**{name: values[b.items[name].key] for name in names}, with_rifd=rifd)

@@ -20,7 +20,7 @@ from typing import Any
 from reflectune.errors import ConfigError
 from reflectune.scoring.batching import Item
 
-__all__ = ["VLLMLosses", "losses_from_prompt_logprobs"]
+__all__ = ["VLLMLosses", "losses_from_prompt_logprobs", "require_vllm"]
 
 
 def _logprob(entry: Any) -> float:
@@ -48,6 +48,17 @@ def losses_from_prompt_logprobs(item: Item, prompt_logprobs: Sequence[Any]) -> t
     return (total / n if n else math.nan), n
 
 
+VLLM_MISSING = "--backend vllm needs vLLM: pip install 'reflectune[vllm]' (on a machine with a CUDA GPU)"
+
+
+def require_vllm() -> None:
+    """Refuse the vLLM backend where vLLM is not installed (checked before any folder is made)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError(VLLM_MISSING)
+
+
 class VLLMLosses:
     """``batch_losses`` for a vLLM engine: call it with a batch of items, get ``[(loss, n), ...]``."""
 
@@ -56,8 +67,7 @@ class VLLMLosses:
         try:
             from vllm import LLM, SamplingParams
         except ImportError:
-            raise ConfigError("--backend vllm needs vLLM: pip install 'reflectune[vllm]' "
-                              "(on a machine with a CUDA GPU)") from None
+            raise ConfigError(VLLM_MISSING) from None
         self._llm = LLM(model=model_path, dtype=dtype, max_model_len=max_length + 1,
                         enable_prefix_caching=True, gpu_memory_utilization=gpu_memory_utilization,
                         skip_tokenizer_init=True)
