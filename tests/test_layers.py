@@ -18,9 +18,9 @@ import reflectune
 
 ROOT = Path(reflectune.__file__).parent
 
-L1 = {"types", "errors", "keys", "config", "contracts", "markers", "logs"}
+L1 = {"types", "errors", "keys", "config", "contracts", "markers", "logs", "units"}
 L2 = {"io", "prompts", "store", "models", "oracles"}
-STAGES = {"recycling", "scoring", "selection", "training", "generation", "judging"}
+STAGES = {"recycling", "scoring", "selection", "decontamination", "training", "generation", "judging"}
 
 #: unit -> the units it may import (besides itself). L1 units import only L1.
 ALLOWED: dict[str, set[str]] = {
@@ -32,6 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "contracts": set(),
     # the run folder's log.txt is named in contracts; every layer may log
     "logs": {"contracts"},
+    "units": set(),
     # L2: io, prompts and oracles know nothing of each other (but the one build below); the store
     # writes through io.
     "io": {"types", "errors"},
@@ -40,7 +41,7 @@ ALLOWED: dict[str, set[str]] = {
     "store": {"errors", "keys", "contracts", "io", "logs"},
     # a local model's --template override renders through the chat template prompts/ builds from the
     # student template files (oracles/local/prompt.py); the oracle still writes no prompt wording
-    "oracles": {"types", "errors", "config", "markers", "models", "prompts", "logs"},
+    "oracles": {"types", "errors", "config", "markers", "models", "prompts", "logs", "units"},
     # L3: the engine and the stages.
     "engine": L1 | {"store", "oracles"},
     # recycle --verify asks the judge, by its own rules (one protocol, not two)
@@ -53,6 +54,8 @@ ALLOWED: dict[str, set[str]] = {
     "training": L1 | {"io", "prompts", "models", "store"},
     # select reads finished scores and never runs score: chaining stages is the pipeline's job
     "selection": L1 | {"io", "store"},
+    # decontaminate reads the test sets and a dataset, writes in kind and keeps run.json's section
+    "decontamination": L1 | {"io", "store"},
     # L4 and L5
     "pipeline": L1 | L2 | {"engine"} | STAGES,
     "report": L1 | L2 | STAGES,

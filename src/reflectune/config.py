@@ -522,6 +522,24 @@ class SelectConfig(_Frozen):
         return count, None
 
 
+class DecontaminateConfig(_Frozen):
+    """Which training rows are dropped as test prompts (issue 20): word n-gram overlap after
+    lm-evaluation-harness's normalisation, against the papers' test sets and any prompt files."""
+
+    #: ``all`` (the five packaged test sets), their names, and prompt files, comma-separated or a list
+    against: str | list[str] = "all"
+    #: words per n-gram (lm-evaluation-harness: 13)
+    ngram: int = Field(13, ge=1)
+    #: n-grams a row must share with one test prompt to be dropped
+    min_shared: int = Field(1, ge=1)
+    #: a prompt shorter than ``ngram`` words matches an instruction holding it whole, contiguously,
+    #: when it makes up at least this share of the instruction's words
+    short_coverage: float = Field(0.5, gt=0, le=1)
+    fields: dict[str, str] | None = None
+    fmt: str | None = None
+    output_format: str | None = None
+
+
 # -- generation and judging --------------------------------------------------------------------
 
 class GenerateConfig(_Frozen):

@@ -15,8 +15,8 @@ import typer
 
 from reflectune.errors import ReflectuneError
 
-COMMAND_MODULES = ("recycle", "score", "select", "train", "generate", "judge", "run", "report", "models",
-                   "demo")
+COMMAND_MODULES = ("recycle", "score", "select", "decontaminate", "train", "generate", "judge", "run",
+                   "report", "models", "demo")
 
 app = typer.Typer(
     name="reflectune",

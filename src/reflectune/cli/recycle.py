@@ -175,9 +175,10 @@ def recycle_command(
 
 def _print_estimate(console: Console, input: Path, config: RecycleConfig, input_format: str | None,
                     split: str | None) -> None:
-    from reflectune.oracles.dry_run import DecodeProbe, duration, is_local, without_key
+    from reflectune.oracles.dry_run import DecodeProbe, is_local, without_key
     from reflectune.oracles.pricing import price_label
     from reflectune.recycling.run import estimate
+    from reflectune.units import duration
 
     with without_key(config.oracle) as key_note:
         est = estimate(input, config=config, input_format=input_format, split=split)

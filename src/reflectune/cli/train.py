@@ -177,8 +177,8 @@ def train_command(
         rows = format_plan(plan)
         probe = None
         if not no_probe:
-            from reflectune.oracles.dry_run import duration
             from reflectune.training.probe import probe_step
+            from reflectune.units import duration
 
             why = "a multi-process plan runs on other devices"
             try:

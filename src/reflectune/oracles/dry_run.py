@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from reflectune.config import OracleConfig
 from reflectune.errors import ReflectuneError
 
-__all__ = ["PROBE_TOKENS", "DecodeProbe", "ProbeRate", "duration", "is_local", "without_key"]
+__all__ = ["PROBE_TOKENS", "DecodeProbe", "ProbeRate", "is_local", "without_key"]
 
 #: new tokens per request of the probe: enough to pass the prefill, short enough to cost seconds
 PROBE_TOKENS = 24
@@ -61,15 +61,6 @@ class ProbeRate:
     def describe(self) -> str:
         return (f"probe: {self.tokens:,} tokens in {self.seconds:.1f} s = {self.tokens_per_s:,.0f} tok/s "
                 f"decoding ({self.requests} request(s) in one batch)")
-
-
-def duration(seconds: float) -> str:
-    """``42 s``, ``3.5 min``, ``2.1 h``."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 class DecodeProbe:

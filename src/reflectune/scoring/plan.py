@@ -31,7 +31,6 @@ from typing import Any
 
 from reflectune.config import ScoreConfig
 from reflectune.errors import ConfigError, StoreError
-from reflectune.oracles.dry_run import duration
 from reflectune.scoring.batching import Item, Tokenized, pack
 from reflectune.scoring.run import (
     ScoreSetup,
@@ -44,6 +43,7 @@ from reflectune.scoring.run import (
     unavailable,
 )
 from reflectune.scoring.scorer import ScorerStats
+from reflectune.units import duration
 
 __all__ = ["PROBE_GROUPS", "PROBE_GROUP_TOKENS", "ScorePlan", "ScoreProbe", "plan_score"]
 
