@@ -66,6 +66,11 @@ class Completion:
     usage_estimated: bool = False
     #: the model that answered, as the server names it (``None`` when it does not say)
     model: str | None = None
+    #: the reasoning sent apart from the answer (a field or a leading ``<think>`` block): stored, never
+    #: parsed; ``content`` is the answer only
+    reasoning: str | None = None
+    #: tokens spent on reasoning, a part of ``completion_tokens`` (reported, or estimated from the text)
+    reasoning_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

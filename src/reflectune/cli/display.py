@@ -74,6 +74,8 @@ def summary_table(summary: Any) -> Table:
     table.add_row("calls still failed", f"{summary.outcome.failed_calls:,}")
     table.add_row("retries", f"{stats['retries']:,}")
     table.add_row("tokens in / out", f"{stats['prompt_tokens']:,} / {stats['completion_tokens']:,}")
+    if stats.get("reasoning_tokens"):  # a part of the tokens out, shown apart
+        table.add_row("  of which reasoning", f"{stats['reasoning_tokens']:,}")
     cost = stats.get("cost_usd")
     table.add_row("cost", "unknown (no price for this model)" if cost is None else f"${cost:.4f}")
     table.add_row("wall time", f"{summary.elapsed_s:.1f} s")

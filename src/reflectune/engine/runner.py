@@ -61,6 +61,7 @@ class EngineStats:
     in_flight: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = 0   # of completion_tokens, those a reasoning model spent reasoning
     cost: float = 0.0
     cost_known: bool = True
     usage_estimated: int = 0    # calls whose server sent no usable token counts (estimated instead)
@@ -267,7 +268,9 @@ class Engine:
                 self.stats.usage_estimated += 1
             return CallRecord(key, stage, "ok", completion.content, completion.finish_reason,
                               completion.prompt_tokens, completion.completion_tokens,
-                              completion.latency_s, attempts, None, None, completion.forced, sample_id)
+                              completion.latency_s, attempts, None, None, completion.forced, sample_id,
+                              getattr(completion, "reasoning", None),
+                              getattr(completion, "reasoning_tokens", 0))
 
     def _fatal(self, exc: OracleError) -> None:
         if self.stop_reason is None:
@@ -286,6 +289,7 @@ class Engine:
         stats = self.stats
         stats.prompt_tokens += record.prompt_tokens
         stats.completion_tokens += record.completion_tokens
+        stats.reasoning_tokens += record.reasoning_tokens  # already in completion_tokens: priced once
         stats.cost += cost_usd(self.prices, record.prompt_tokens, record.completion_tokens)
         if record.ok:
             stats.sent += 1

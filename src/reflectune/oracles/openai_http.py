@@ -8,7 +8,11 @@ This module only translates: HTTP statuses, transport failures and bodies of the
 typed ``OracleError``s, and the engine decides what to retry. Nothing a server sends may raise
 anything else. What comes back is checked field by field (``_ChatCompletion``), read under a bound
 (``body_bound``), never followed through a redirect, and a usage the server does not report
-properly is estimated and marked ``usage_estimated``:
+properly is estimated and marked ``usage_estimated``. A reasoning model's reasoning (a
+``reasoning_content`` or ``reasoning`` field, a leading ``<think>`` block) is split off into
+``Completion.reasoning`` and never parsed (:mod:`reflectune.oracles.reasoning`); its tokens
+(``completion_tokens_details.reasoning_tokens``, else estimated) are ``reasoning_tokens``, a part of
+``completion_tokens``, priced once:
 
     kind                 error               when
     invalid_response     OracleUnavailable   a completion of the wrong shape, an HTML page, not UTF-8
@@ -60,7 +64,7 @@ from dataclasses import dataclass
 from typing import Any, get_args
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from reflectune.config import ENV_PREFIX, OracleConfig, check_extra_body, credential_header, redact_url
 from reflectune.errors import (
@@ -77,6 +81,7 @@ from reflectune.oracles.base import Capabilities
 from reflectune.oracles.grammar import format_constraint, word_constraint
 from reflectune.oracles.prefill import CONTINUE_FIELDS, PROBE, complete_by_prefill, continues
 from reflectune.oracles.pricing import list_price
+from reflectune.oracles.reasoning import join_reasoning, split_think
 from reflectune.oracles.request_rules import CHAT, RULE_NAMES, payload_for, rule_for
 from reflectune.oracles.tokens import approx_tokens, chat_prompt_tokens, exact_tokens_available
 from reflectune.types import ChatRequest, Completion, Message
@@ -215,6 +220,23 @@ class _Message(BaseModel):
             return "".join(texts)
         raise ValueError(f"must be a string, a list of parts or null, not {_describe(value)}")
 
+    #: reasoning sent beside the answer: DeepSeek and older vLLM (``reasoning_content``), vLLM and
+    #: OpenRouter (``reasoning``); never parsed for markers (:mod:`reflectune.oracles.reasoning`)
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+
+    @field_validator("reasoning_content", "reasoning", mode="before")
+    @classmethod
+    def _thought(cls, value: Any) -> str | None:
+        """A string, or the text of a list of parts; any other shape is no reasoning (not the answer,
+        so a shape this client does not know must not fail the call)."""
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list):
+            texts = [p["text"] for p in value if isinstance(p, dict) and isinstance(p.get("text"), str)]
+            return "".join(texts) or None
+        return None
+
 
 class _Choice(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -235,8 +257,20 @@ class _Usage(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    #: ``completion_tokens_details.reasoning_tokens`` (OpenAI, DeepSeek): part of completion_tokens
+    reasoning_tokens: int | None = None
 
-    @field_validator("prompt_tokens", "completion_tokens", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _details(cls, value: Any) -> Any:
+        """Lift ``completion_tokens_details.reasoning_tokens`` up to a field of its own."""
+        if isinstance(value, dict):
+            details = value.get("completion_tokens_details")
+            count = details.get("reasoning_tokens") if isinstance(details, dict) else None
+            value = {k: v for k, v in value.items() if k != "reasoning_tokens"} | {"reasoning_tokens": count}
+        return value
+
+    @field_validator("prompt_tokens", "completion_tokens", "reasoning_tokens", mode="before")
     @classmethod
     def _count(cls, value: Any) -> int | None:
         if isinstance(value, bool):
@@ -660,18 +694,30 @@ class OpenAIOracle:
             raise OracleUnavailable(f"invalid chat completion: {self._shown(_first_problem(exc))}",
                                     kind="invalid_response") from None
         choice = parsed.choices[0]
-        content = choice.message.content
-        prompt, completion = parsed.usage.prompt_tokens, parsed.usage.completion_tokens
-        if prompt == 0 and completion == 0 and content:  # all zeros for a real answer: not a count
+        reply = choice.message
+        thought, content = split_think(reply.content)  # only the answer is ever parsed
+        reasoning = join_reasoning(reply.reasoning_content, reply.reasoning, thought)
+        usage = parsed.usage
+        prompt, completion = usage.prompt_tokens, usage.completion_tokens
+        if prompt == 0 and completion == 0 and (content or reasoning):  # zeros for a real answer: no count
             prompt = completion = None
         estimated = prompt is None or completion is None
+        # Reasoning tokens are a part of completion_tokens (OpenAI's usage), so they are counted and
+        # priced once, there. Not reported: estimated from the reasoning's text, at most the count.
+        thinking = usage.reasoning_tokens
         if prompt is None:
             prompt = chat_prompt_tokens((m.content for m in request.messages), self.count_tokens)
+        if thinking is None:
+            thinking = self.count_tokens(reasoning) if reasoning else 0
+            if completion is not None:
+                thinking = min(thinking, completion)
+        elif completion is not None and thinking > completion:  # counted apart from the answer's
+            completion += thinking
         if completion is None:
-            completion = self.count_tokens(content)
+            completion = self.count_tokens(content) + thinking
         return Completion(content=content, finish_reason=choice.finish_reason, prompt_tokens=prompt,
                           completion_tokens=completion, latency_s=latency, usage_estimated=estimated,
-                          model=parsed.model)
+                          model=parsed.model, reasoning=reasoning, reasoning_tokens=thinking)
 
     def _classify(self, status: int | None, message: str, tags: str,
                   retry_after: float | None) -> OracleError:

@@ -26,7 +26,7 @@ No I/O here: the oracle passes in how one chat request is sent.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from reflectune.markers import END, PROMPT_HEADERS, SECTION_MARKERS
@@ -81,10 +81,16 @@ class _Usage:
     latency_s: float = 0.0
     estimated: bool = False
     model: str | None = None
+    #: each request's reasoning (a reasoning model's, kept apart from the transcript) and its tokens
+    reasoning: list[str] = field(default_factory=list)
+    reasoning_tokens: int = 0
 
     def add(self, completion: Completion) -> None:
         self.prompt_tokens += completion.prompt_tokens
         self.latency_s += completion.latency_s
+        if completion.reasoning:
+            self.reasoning.append(completion.reasoning)
+        self.reasoning_tokens += completion.reasoning_tokens
         self.estimated = self.estimated or completion.usage_estimated
         self.model = completion.model or self.model
 
@@ -106,7 +112,8 @@ async def complete_by_prefill(request: ChatRequest, send: Send) -> Completion:
     return Completion(content=plan.content, finish_reason=plan.finish_reason,
                       prompt_tokens=usage.prompt_tokens, completion_tokens=plan.completion_tokens,
                       latency_s=usage.latency_s, forced=tuple(plan.forced),
-                      usage_estimated=usage.estimated, model=usage.model)
+                      usage_estimated=usage.estimated, model=usage.model,
+                      reasoning="\n\n".join(usage.reasoning) or None, reasoning_tokens=usage.reasoning_tokens)
 
 
 async def _segment(request: ChatRequest, segment: Segment, send: Send, usage: _Usage) -> tuple[str, int, str]:

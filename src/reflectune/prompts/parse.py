@@ -107,8 +107,12 @@ def _is_placeholder(value: str, placeholders: Sequence[str]) -> bool:
 
 def parse_reflection(text: str | None, sections: Sequence[str], fields: Sequence[str], *,
                      finish_reason: str | None = "stop",
-                     placeholders: Sequence[str] = ()) -> ParseResult:
+                     placeholders: Sequence[str] = (),
+                     reasoning: str | None = None) -> ParseResult:
     """Extract ``fields[i]`` from the section opened by ``sections[i]``, all or nothing.
+
+    ``reasoning`` (a reasoning model's, split off ``text`` before) is never searched for markers: it
+    only names the cause when the budget ran out before any answer was written.
 
     The rule for where sections open and end is in the module docstring. Example::
 
@@ -119,6 +123,10 @@ def parse_reflection(text: str | None, sections: Sequence[str], fields: Sequence
         {'output': 'In BBCode, [End] closes a tag.'}
     """
     if finish_reason in CUT_OFF_REASONS:
+        if reasoning and not (text or "").strip():
+            return ParseResult(False, reason=f"generation cut off (finish_reason={finish_reason}): the "
+                               "reasoning used the whole token budget before any answer; raise "
+                               "--max-tokens (it covers reasoning and answer) or ask for less reasoning")
         return ParseResult(False, reason=f"generation cut off (finish_reason={finish_reason})")
     if not text or not text.strip():
         return ParseResult(False, reason="empty output")

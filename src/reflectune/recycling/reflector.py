@@ -88,7 +88,8 @@ class Reflector:
             if not record.ok:
                 return None, Variant(None, None, None, "call_failed", record.error, calls)
             parsed = parse_reflection(record.content, kind.sections, kind.fields,
-                                      finish_reason=record.finish_reason, placeholders=kind.placeholders)
+                                      finish_reason=record.finish_reason, placeholders=kind.placeholders,
+                                      reasoning=record.reasoning)
             if parsed.ok:
                 return parsed.values, Variant(None, None, None, "ok", None, calls,
                                               critique=parsed.critique, task=self._task(template))

@@ -55,6 +55,12 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (namespace, key)
     );
     """,
+    # 2: a reasoning model's reasoning, kept beside the answer it was split from (never parsed), and
+    # its tokens (a part of completion_tokens). Rows written before read as no reasoning.
+    """
+    ALTER TABLE calls ADD COLUMN reasoning TEXT;
+    ALTER TABLE calls ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 
@@ -73,6 +79,10 @@ class CallRecord:
     error: str | None
     forced: tuple[str, ...]
     sample_id: str = ""
+    #: the reasoning a reasoning model sent apart from ``content`` (None: none, or an older row)
+    reasoning: str | None = None
+    #: of ``completion_tokens``, those spent on reasoning
+    reasoning_tokens: int = 0
 
     @property
     def ok(self) -> bool:
@@ -81,7 +91,7 @@ class CallRecord:
 
 _CALL_COLUMNS = ("key", "stage", "status", "content", "finish_reason", "prompt_tokens",
                  "completion_tokens", "latency_s", "attempts", "error_kind", "error", "forced",
-                 "sample_id")
+                 "sample_id", "reasoning", "reasoning_tokens")
 
 
 def recovery_hint(path: Path, *, missing: bool = False) -> str:
@@ -236,11 +246,13 @@ class Store:
             self._execute(
                 "INSERT OR REPLACE INTO calls (key, stage, sample_id, status, content, finish_reason,"
                 " prompt_tokens, completion_tokens, latency_s, attempts, error_kind, error, forced,"
-                " request, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " request, created_at, reasoning, reasoning_tokens)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (record.key, record.stage, record.sample_id, record.status, record.content,
                  record.finish_reason, record.prompt_tokens, record.completion_tokens,
                  record.latency_s, record.attempts, record.error_kind, record.error,
-                 json.dumps(list(record.forced)), request_json, time.time()))
+                 json.dumps(list(record.forced)), request_json, time.time(), record.reasoning,
+                 record.reasoning_tokens))
         except sqlite3.Error as exc:
             raise _storage_error(self.path, exc) from None
 

@@ -5,6 +5,11 @@ reflectune talks to oracles only over HTTP, so its tests, demo and benchmarks ne
 break in production. This server answers from :mod:`reflectune.testing.responder` (a pure function of
 the messages, so reruns give identical bytes) and can misbehave on purpose: HTTP errors, dropped
 connections, hangs, truncated JSON, empty or cut-off answers, slow bodies and its own rate limit.
+``reasoning`` (``REASONING_SHAPES``) answers as a reasoning model does, the normal answer plus a
+reasoning that drafts every reflection marker with wrong text (``REASONING_DRAFT``): in
+``reasoning_content`` (DeepSeek, with ``completion_tokens_details.reasoning_tokens``), in
+``reasoning`` (vLLM, no details), as a leading ``<think>`` block (no details), or hidden with only its
+``HIDDEN_REASONING_TOKENS`` billed (OpenAI o-series); the token budget covers reasoning then answer.
 Hostile modes (``HOSTILE_MODES``) send what a broken proxy or an unfamiliar server sends: usage as
 strings, a list, negative or missing; content as a list of parts or a number; bytes that are not
 UTF-8; an HTML page or an error object with status 200; a body of ``huge_mb`` MiB (with or without a
@@ -52,13 +57,15 @@ from typing import Any
 
 from aiohttp import web
 
-from reflectune.markers import END
+from reflectune.markers import END, SECTION_MARKERS
 from reflectune.testing.responder import CREATED, apply_limits, completion_body, messages_key, respond
 
 __all__ = [
     "FAULT_MODES",
     "HOSTILE_MODES",
     "MIX_MODES",
+    "REASONING_DRAFT",
+    "REASONING_SHAPES",
     "ServerHandle",
     "ServerOptions",
     "build_handler",
@@ -88,6 +95,15 @@ _TRICKLE_S = 0.5
 _CACHE_SIZE = 8192
 #: Chat request bodies ``GET /requests`` keeps (the most recent).
 KEPT_REQUESTS = 64
+#: How ``--reasoning`` sends a reasoning beside the answer ("none": no reasoning).
+REASONING_SHAPES = ("none", "field", "reasoning_field", "think_tag", "hidden_tokens")
+#: The reasoning sent: a draft holding every section marker with wrong text, which a client must not parse.
+REASONING_DRAFT = "Let me draft the reply first.\n" + "".join(
+    f"{marker}\nDRAFT {marker[1:-1].lower()}: wrong on purpose, never parse it.\n{END}\n"
+    for marker in SECTION_MARKERS
+) + "Now the real reply."
+#: Tokens the hidden_tokens shape bills for a reasoning it does not send.
+HIDDEN_REASONING_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -107,6 +123,7 @@ class ServerOptions:
     model: str = "reflectune-test"
     huge_mb: float = 10.0  # size of the body the huge modes send, in MiB
     redirect_status: int = 301  # the status the redirect mode answers with (301, 302, 307, 308)
+    reasoning: str = "none"  # REASONING_SHAPES: how a reasoning is sent beside the answer
 
 
 #: largest request body the server reads (aiohttp's default is 1 MiB)
@@ -142,7 +159,13 @@ def _coerce(changes: dict[str, Any]) -> dict[str, Any]:
         kind = type(defaults[name]) if defaults[name] is not None else str
         out[name] = None if value is None and name == "require_key" else kind(value)
     parse_faults(out.get("faults"))
+    _check_reasoning(str(out.get("reasoning", "none")))
     return out
+
+
+def _check_reasoning(shape: str) -> None:
+    if shape not in REASONING_SHAPES:
+        raise ValueError(f"unknown reasoning shape {shape!r}; known: {', '.join(REASONING_SHAPES)}")
 
 
 class _State:
@@ -258,13 +281,43 @@ class _State:
             cut = content.rfind(END)
             content, finish = content[: cut - 8 if cut > 8 else len(content) // 2], "length"
         prompt_chars = sum(len(m["content"]) for m in messages if isinstance(m.get("content"), str))
-        out = completion_body(key, model, content, finish, prompt_chars)
+        if o.reasoning != "none":
+            out = _reasoned_body(o.reasoning, key, model, content, finish, prompt_chars, limit)
+        else:
+            out = completion_body(key, model, content, finish, prompt_chars)
         if fault in _BODY_FAULTS:
             out = _BODY_FAULTS[fault](out)
         self.cache[ck] = out
         if len(self.cache) > _CACHE_SIZE:
             self.cache.popitem(last=False)
         return out
+
+
+def _reasoned_body(shape: str, key: str, model: str, content: str, finish: str, prompt_chars: int,
+                   limit: Any) -> bytes:
+    """A reasoning model's completion: the reasoning in ``shape``, then the answer, both within
+    ``limit`` tokens (4 characters a token): a budget the reasoning fills leaves no answer."""
+    reasoning = "" if shape == "hidden_tokens" else REASONING_DRAFT
+    thinking = HIDDEN_REASONING_TOKENS if shape == "hidden_tokens" else len(reasoning) // 4
+    if isinstance(limit, int) and limit > 0:
+        if thinking >= limit:
+            reasoning, thinking, content, finish = reasoning[: limit * 4], limit, "", "length"
+        elif len(content) // 4 > limit - thinking:
+            content, finish = content[: (limit - thinking) * 4], "length"
+    answer = len(content) // 4
+    if shape == "think_tag":  # unclosed when the budget ran out while thinking
+        content = f"<think>\n{reasoning}" + (f"\n</think>\n\n{content}" if content else "")
+    body = json.loads(completion_body(key, model, content, finish, prompt_chars))
+    message, usage = body["choices"][0]["message"], body["usage"]
+    if shape == "field":
+        message["reasoning_content"] = reasoning
+    elif shape == "reasoning_field":
+        message["reasoning"] = reasoning
+    usage["completion_tokens"] = answer + thinking
+    usage["total_tokens"] = usage["prompt_tokens"] + answer + thinking
+    if shape in ("field", "hidden_tokens"):  # DeepSeek and OpenAI report them; vLLM does not
+        usage["completion_tokens_details"] = {"reasoning_tokens": thinking}
+    return json.dumps(body).encode()
 
 
 def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -592,6 +645,7 @@ _HELP = {
     "fault_attempts": "faults fire only on the first K attempts of a request",
     "rpm": "server-enforced requests per minute (0: none)",
     "require_key": "answer 401 unless 'Authorization: Bearer KEY'",
+    "reasoning": f"send a reasoning beside each answer: {', '.join(REASONING_SHAPES)}",
 }
 
 
@@ -614,6 +668,7 @@ def main(argv: list[str] | None = None) -> None:
     host, port = args.pop("host"), args.pop("port")
     try:
         parse_faults(args["faults"])
+        _check_reasoning(args["reasoning"])
     except ValueError as exc:
         parser.error(str(exc))
     asyncio.run(_serve(ServerOptions(**args), host, port))
