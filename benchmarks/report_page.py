@@ -36,19 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 ALPACA = ROOT.parent / "shared" / "data" / "alpaca_cherry5pct_3111.json"
 
 
-def cpu_flags() -> str:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next(
-        (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
-        "unknown",
-    )
-    flags = set(
-        next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    )
-    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return f"{model}; flags: {' '.join(wanted) or 'none of avx2/avx512/amx'}"
-
-
 def synth_scores(run: Path, seed: int = 0) -> None:
     rng = random.Random(seed)
     with (
@@ -178,7 +165,6 @@ def measure(run: Path) -> dict[str, Any]:
 
 def main() -> None:
     info = machine_info(["playwright"])
-    info["cpu"] = cpu_flags()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         t = time.perf_counter()
