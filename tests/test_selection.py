@@ -126,14 +126,15 @@ TABLES = [table(), table(q=(0.75, 0.6)), table(qa=(0.85, 0.65)), table(ori=(None
           table(q=(0.9, 0.3), qa=(0.95, 0.2))]
 
 
-@pytest.fixture
-def run_folder(tmp_path: Path) -> Path:
+def write_scored_run(tmp_path: Path, rows: list[dict], tables: list[dict]) -> Path:
+    """A recycle run folder with finished scores, by hand: ``rows`` (each with an ``id``) written as the
+    input, four variants per row, ``tables`` (variant -> score entry) as ``scores.jsonl``. No model."""
     data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     run = tmp_path / "run"
     run.mkdir()
     with (run / "variants.jsonl").open("w") as v, (run / "scores.jsonl").open("w") as s:
-        for r, t in zip(ROWS, TABLES, strict=True):
+        for r, t in zip(rows, tables, strict=True):
             x, i, y = r["instruction"], r["input"], r["output"]
             variants = {"ori": {"instruction": x, "input": i, "output": y, "status": "ok"},
                         "Q": {"instruction": x + "?", "input": "", "output": y, "status": "ok"},
@@ -146,6 +147,11 @@ def run_folder(tmp_path: Path) -> Path:
         "score": {"status": "done", "source": str(run), "student": "embedded", "template": "vicuna",
                   "max_length": 2048, "dtype": "float32", "namespace": "ifd:test"}}))
     return run
+
+
+@pytest.fixture
+def run_folder(tmp_path: Path) -> Path:
+    return write_scored_run(tmp_path, ROWS, TABLES)
 
 
 def test_select_writes_kept_rows_in_the_input_shape(run_folder: Path, tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from reflectune.errors import ConfigError
 from reflectune.selection import EmptySelection, select
 from reflectune.selection.rules import count_outcomes, parse_top_k, why_empty
 from tests.conftest import ALPACA, run_cli
+from tests.test_selection import write_scored_run
 
 ALL_KEPT = {"ori": (0.8, 0.7), "Q": (0.9, 0.6), "A": (0.7, 0.5), "QA": (0.85, 0.4)}  # -> QA, kept
 OVER_ONE = {**ALL_KEPT, "QA": (1.2, 0.4)}  # -> QA, dropped by the IFD < 1 filter
@@ -44,26 +45,8 @@ def _entry(pair: tuple[float | None, float | None]) -> dict[str, Any]:
 
 def scored_run(tmp_path: Path, tables: list[dict[str, tuple[float, float]]]) -> Path:
     """A recycle run folder with finished scores, one score table per real row."""
-    rows = _rows(len(tables))
-    data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    run = tmp_path / "run"
-    run.mkdir()
-    with (run / "variants.jsonl").open("w") as v, (run / "scores.jsonl").open("w") as s:
-        for r, table in zip(rows, tables, strict=True):
-            x, i, y = r["instruction"], r["input"], r["output"]
-            variants = {"ori": {"instruction": x, "input": i, "output": y, "status": "ok"},
-                        "Q": {"instruction": x + " Why?", "input": "", "output": y, "status": "ok"},
-                        "A": {"instruction": x, "input": i, "output": y + " Indeed.", "status": "ok"},
-                        "QA": {"instruction": x + " Why?", "input": "", "output": y + " So.", "status": "ok"}}
-            v.write(json.dumps({"id": r["id"], "row": 1, "status": "ok", "variants": variants}) + "\n")
-            s.write(json.dumps({"id": r["id"], "row": 1,
-                                "variants": {k: _entry(p) for k, p in table.items()}}) + "\n")
-    (run / "run.json").write_text(json.dumps({
-        "recycle": {"input": {"path": str(data), "format": "jsonl", "fields": {}}},
-        "score": {"status": "done", "source": str(run), "student": "embedded", "template": "vicuna",
-                  "namespace": "ifd:test"}}))
-    return run
+    return write_scored_run(tmp_path, _rows(len(tables)),
+                            [{k: _entry(p) for k, p in table.items()} for table in tables])
 
 
 def cherry_scored(tmp_path: Path, ifds: list[float | None]) -> tuple[Path, Path]:

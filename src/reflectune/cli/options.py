@@ -160,19 +160,10 @@ def warn_unknown_price(console: Console, spec: str | None, values: Mapping[str, 
 
 
 def _on_this_machine(url: str) -> bool:
-    import ipaddress
-    import urllib.parse
+    """The HTTP oracle's own rule for a loopback endpoint (an unparseable URL is not one)."""
+    from reflectune.oracles.openai_http import is_loopback_url
 
-    try:
-        host = (urllib.parse.urlsplit(url.strip()).hostname or "").lower()
-    except ValueError:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_url(url.strip())
 
 
 def engine_values(values: Mapping[str, Any]) -> dict[str, Any]:

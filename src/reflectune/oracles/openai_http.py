@@ -365,6 +365,14 @@ class _Endpoint:
         return sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)
 
 
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url`` names this machine (localhost or a loopback address, IPv4-mapped too)."""
+    try:
+        return _Endpoint.parse(url).loopback
+    except ConfigError:
+        return False
+
+
 class OpenAIOracle:
     """An OpenAI-compatible endpoint. Spec: ``openai:MODEL``.
 
